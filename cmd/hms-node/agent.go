@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hms-node/hms-node/pkg/agent"
+	"github.com/hms-node/hms-node/pkg/datapath"
+)
+
+func agentCmd() *cobra.Command {
+	var (
+		cfg     agent.Config
+		dpc     datapath.Config
+		accel   bool
+		cleanup bool
+	)
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node agent: eBPF datapath, shared proxy, local API",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+			dpc.NoAccel, dpc.Log = !accel, log
+			if cleanup {
+				if err := datapath.Cleanup(dpc.BPFFS); err != nil {
+					return fmt.Errorf("cleanup %s: %w", dpc.BPFFS, err)
+				}
+				fmt.Printf("removed everything pinned under %s\n", dpc.BPFFS)
+				return nil
+			}
+			if cfg.Node == "" {
+				cfg.Node, _ = os.Hostname()
+			}
+			cfg.Log, cfg.Version = log, version
+			dp, err := datapath.Open(dpc)
+			if err != nil {
+				return err
+			}
+			defer dp.Close()
+			a, err := agent.New(cfg, dp)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+			defer stop()
+			return a.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Node, "node", os.Getenv("NODE_NAME"), "node name (default $NODE_NAME, then the host name)")
+	f.StringVar(&dpc.CgroupRoot, "cgroup-root", "", "cgroup v2 directory whose processes are steered (default: the host's cgroup2 mount)")
+	f.StringVar(&dpc.BPFFS, "bpffs", datapath.DefaultBPFFS, "pin directory inside a bpffs")
+	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/hms", "directory for persisted enrollments")
+	f.StringVar(&cfg.Socket, "socket", "/var/run/hms/agent.sock", "local API unix socket")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:15020", `address of /metrics, /healthz, /readyz ("off" to disable)`)
+	f.BoolVar(&accel, "accel", true, "short-circuit app<->proxy loopback hops with sockhash/sk_msg")
+	f.BoolVar(&cleanup, "cleanup", false, "remove everything pinned under --bpffs and exit")
+	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "how long a replaced agent waits for its connections (default 30s)")
+	return cmd
+}

@@ -1,0 +1,195 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hms-node/hms-node/pkg/datapath"
+)
+
+// Datapath is what the agent needs of the eBPF datapath; *datapath.Datapath
+// implements it, and agent tests without root can fake it.
+type Datapath interface {
+	EnrollPod(p datapath.Pod) error
+	UnenrollPod(p datapath.Pod) error
+	SetInboundListener(cookie uint64, l syscall.Conn) error
+	OrigDst(cookie uint64, client netip.AddrPort) (netip.AddrPort, error)
+	Counters() (map[string]uint64, error)
+	Attachments() []datapath.Attachment
+	PinPath() string
+	Accel() bool
+	Mark() uint32
+	Close() error
+}
+
+// Config of an agent. The zero value of each field documents its default.
+type Config struct {
+	// Node names this node; default the host name.
+	Node string
+	// StateDir holds the persisted enrollments; default /var/lib/hms.
+	StateDir string
+	// Socket is the local API's unix socket; default /var/run/hms/agent.sock.
+	// A successor takes over through Socket + ".handover".
+	Socket string
+	// MetricsAddr serves /healthz, /readyz and /metrics; default
+	// 127.0.0.1:15020; "off" disables it.
+	MetricsAddr string
+	// VIPRange is blackholed inside every pod so a connect that escapes
+	// the redirect never leaves the pod; default 240.240.0.0/16.
+	VIPRange netip.Prefix
+	// DrainTimeout bounds how long a replaced agent waits for its
+	// connections to finish; default 30s.
+	DrainTimeout time.Duration
+	// DialTimeout bounds upstream connects; default 5s.
+	DialTimeout time.Duration
+	// Version is reported by status.
+	Version string
+	// Log receives the agent's events; default slog.Default().
+	Log *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.StateDir == "" {
+		c.StateDir = "/var/lib/hms"
+	}
+	if c.Socket == "" {
+		c.Socket = "/var/run/hms/agent.sock"
+	}
+	if c.MetricsAddr == "" {
+		c.MetricsAddr = "127.0.0.1:15020"
+	}
+	if !c.VIPRange.IsValid() {
+		c.VIPRange = netip.MustParsePrefix("240.240.0.0/16")
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = 5 * time.Second
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+}
+
+// Agent is one node's agent.
+type Agent struct {
+	cfg     Config
+	dp      Datapath
+	log     *slog.Logger
+	started time.Time
+
+	conns sync.WaitGroup // proxied connections, for draining
+
+	mu       sync.Mutex      // guards the fields below
+	pods     map[string]*pod // by netns path
+	degraded map[string]degradedPod
+	closed   bool
+	// handedOver: a successor owns our sockets now; never unlink them.
+	handedOver bool
+	handover   chan struct{} // closed once a successor has committed
+
+	api      *apiServer
+	takeover net.Listener // Socket + ".handover"
+}
+
+// New prepares an agent over an opened datapath; it starts nothing.
+func New(cfg Config, dp Datapath) (*Agent, error) {
+	cfg.setDefaults()
+	if cfg.Node == "" {
+		return nil, errors.New("agent: node name is required")
+	}
+	return &Agent{
+		cfg: cfg, dp: dp, log: cfg.Log.With("node", cfg.Node),
+		pods: map[string]*pod{}, degraded: map[string]degradedPod{}, handover: make(chan struct{}),
+	}, nil
+}
+
+// Run serves until ctx ends or a successor takes over, then stops
+// accepting and drains the connections it carries.
+func (a *Agent) Run(ctx context.Context) error {
+	a.started = time.Now()
+	inherited, err := a.takeOverPredecessor()
+	if err != nil {
+		return err
+	}
+	if inherited == nil {
+		if err := a.restore(); err != nil {
+			return err
+		}
+	}
+	if err := a.startServers(inherited); err != nil {
+		a.shutdown()
+		return err
+	}
+	if inherited != nil {
+		inherited.commit()
+	}
+	a.log.Info("agent running", "pods", len(a.pods), "socket", a.cfg.Socket, "accel", a.dp.Accel())
+	select {
+	case <-ctx.Done():
+		a.log.Info("agent stopping")
+	case <-a.handover:
+		a.log.Info("successor took over; draining")
+	}
+	a.shutdown()
+	return nil
+}
+
+// shutdown stops every listener this agent holds (a successor holds its
+// own copies of them) and waits for proxied connections, bounded.
+func (a *Agent) shutdown() {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	a.closed = true
+	pods := a.pods
+	keep := a.handedOver
+	a.mu.Unlock()
+	if a.takeover != nil {
+		if ul, ok := a.takeover.(*net.UnixListener); ok && keep {
+			ul.SetUnlinkOnClose(false)
+		}
+		a.takeover.Close()
+	}
+	if a.api != nil {
+		a.api.close(keep)
+	}
+	for _, p := range pods {
+		p.stop()
+	}
+	done := make(chan struct{})
+	go func() { a.conns.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(a.cfg.DrainTimeout):
+		a.log.Warn("drain timeout; closing remaining connections")
+		for _, p := range pods {
+			p.closeConns()
+		}
+	}
+}
+
+// Close stops the agent; idempotent.
+func (a *Agent) Close() error {
+	a.shutdown()
+	return nil
+}
+
+func (a *Agent) isClosed() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.closed
+}
+
+// errorf makes a one-line error for the CLI.
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

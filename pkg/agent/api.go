@@ -1,0 +1,157 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/hms-node/hms-node/pkg/agent/localapi"
+	"github.com/hms-node/hms-node/pkg/datapath"
+)
+
+// Status is what `hms-node status -o json` prints (DESIGN §7's shape, with
+// more fields).
+type Status struct {
+	Node          string         `json:"node"`
+	Version       string         `json:"version"`
+	UptimeSeconds int64          `json:"uptime_seconds"`
+	Control       string         `json:"control"`
+	Workloads     []Workload     `json:"workloads"`
+	Datapath      DatapathStatus `json:"datapath"`
+}
+
+// Workload is one enrolled pod in Status.
+type Workload struct {
+	Netns      string   `json:"netns"`
+	Service    string   `json:"service"`
+	Namespace  string   `json:"namespace"`
+	Identity   string   `json:"identity"`
+	CertExpiry string   `json:"cert_expiry"`
+	IP         string   `json:"ip,omitempty"`
+	Ports      []uint16 `json:"ports,omitempty"`
+	Cookie     uint64   `json:"netns_cookie"`
+	State      string   `json:"state"` // "serving" or "degraded: <why>"
+}
+
+// DatapathStatus is the eBPF side of Status.
+type DatapathStatus struct {
+	PinPath     string                `json:"pin_path"`
+	Accel       bool                  `json:"accel"`
+	Counters    map[string]uint64     `json:"counters"`
+	Attachments []datapath.Attachment `json:"attachments"`
+}
+
+// Status reports the agent's state.
+func (a *Agent) Status() (Status, error) {
+	counters, err := a.dp.Counters()
+	if err != nil {
+		return Status{}, err
+	}
+	st := Status{
+		Node: a.cfg.Node, Version: a.cfg.Version, Control: "standalone (no control plane)",
+		UptimeSeconds: int64(time.Since(a.started).Seconds()),
+		Datapath: DatapathStatus{PinPath: a.dp.PinPath(), Accel: a.dp.Accel(),
+			Counters: counters, Attachments: a.dp.Attachments()},
+		Workloads: []Workload{},
+	}
+	a.mu.Lock()
+	for _, p := range a.pods {
+		st.Workloads = append(st.Workloads, workloadOf(p.spec, "serving"))
+	}
+	for _, d := range a.degraded {
+		st.Workloads = append(st.Workloads, workloadOf(d.spec, "degraded: "+d.err))
+	}
+	a.mu.Unlock()
+	sort.Slice(st.Workloads, func(i, j int) bool { return st.Workloads[i].Netns < st.Workloads[j].Netns })
+	return st, nil
+}
+
+func workloadOf(s PodSpec, state string) Workload {
+	w := Workload{Netns: s.Netns, Service: s.Service, Namespace: s.Namespace, Ports: s.Ports, Cookie: s.Cookie, State: state}
+	if s.IP.IsValid() {
+		w.IP = s.IP.String()
+	}
+	return w
+}
+
+// UnenrollRequest asks the agent to take a pod out of the mesh.
+type UnenrollRequest struct {
+	Netns string `json:"netns"`
+}
+
+func (a *Agent) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		st, err := a.Status()
+		if err != nil {
+			localapi.WriteError(w, http.StatusInternalServerError, err)
+			return
+		}
+		localapi.WriteJSON(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("POST /v1/enroll", func(w http.ResponseWriter, r *http.Request) {
+		var req EnrollRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		spec, err := a.Enroll(req)
+		if err != nil {
+			localapi.WriteError(w, codeOf(err), err)
+			return
+		}
+		localapi.WriteJSON(w, http.StatusOK, workloadOf(spec, "serving"))
+	})
+	mux.HandleFunc("POST /v1/unenroll", func(w http.ResponseWriter, r *http.Request) {
+		var req UnenrollRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		if err := a.Unenroll(req.Netns); err != nil {
+			localapi.WriteError(w, codeOf(err), err)
+			return
+		}
+		localapi.WriteJSON(w, http.StatusOK, struct{}{})
+	})
+	return mux
+}
+
+func codeOf(err error) int {
+	if errors.Is(err, ErrConflict) {
+		return http.StatusConflict
+	}
+	return http.StatusBadRequest
+}
+
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		localapi.WriteError(w, http.StatusBadRequest, err)
+		return false
+	}
+	return true
+}
+
+// apiServer is the local API plus the metrics/health endpoint.
+type apiServer struct {
+	local   *localapi.Server
+	localLn *net.UnixListener
+	health  *http.Server
+	healthL net.Listener
+}
+
+func (s *apiServer) close(handedOver bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if handedOver {
+		s.localLn.SetUnlinkOnClose(false) // the successor serves this path now
+	}
+	s.local.Shutdown(ctx)
+	if s.health != nil {
+		s.health.Shutdown(ctx)
+	}
+}

@@ -1,0 +1,160 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+
+	"github.com/hms-node/hms-node/pkg/agent/l4"
+	"github.com/hms-node/hms-node/pkg/agent/netns"
+	"github.com/hms-node/hms-node/pkg/datapath"
+)
+
+// PodSpec is an enrollment as persisted and as handed to a successor.
+type PodSpec struct {
+	Netns     string     `json:"netns"`
+	Service   string     `json:"service"`
+	Namespace string     `json:"namespace"`
+	Ports     []uint16   `json:"ports,omitempty"`
+	IP        netip.Addr `json:"ip"`
+	Cookie    uint64     `json:"cookie"`
+	// Blackhole is true when the agent added the VIP-range blackhole in
+	// the pod (and so may remove it).
+	Blackhole bool `json:"blackhole,omitempty"`
+}
+
+func (s PodSpec) datapath() datapath.Pod {
+	return datapath.Pod{Netns: s.Netns, Cookie: s.Cookie, IP: s.IP, Ports: s.Ports}
+}
+
+// Listener names inside one pod, also the names sent in a hand-over.
+const (
+	lnOut4 = "out4" // 127.0.0.1:15001
+	lnOut6 = "out6" // [::1]:15001
+	lnIn   = "in"   // [::]:15006, dual-stack: sk_lookup assigns v4 and v6
+)
+
+var listenAddrs = map[string]string{
+	lnOut4: "127.0.0.1:" + strconv.Itoa(datapath.OutboundPort),
+	lnOut6: "[::1]:" + strconv.Itoa(datapath.OutboundPort),
+	lnIn:   "[::]:" + strconv.Itoa(datapath.InboundPort),
+}
+
+// pod is an enrolled pod served by this agent.
+type pod struct {
+	spec   PodSpec
+	dialer *netns.Dialer
+	ln     map[string]*net.TCPListener
+
+	mu    sync.Mutex // guards conns
+	conns map[net.Conn]struct{}
+}
+
+// openListeners creates the pod's listeners inside its netns, or adopts
+// those a predecessor handed over.
+func openListeners(spec PodSpec, inherited map[string]*net.TCPListener) (map[string]*net.TCPListener, error) {
+	out := map[string]*net.TCPListener{}
+	for name, addr := range listenAddrs {
+		if l, ok := inherited[name]; ok {
+			out[name] = l
+			continue
+		}
+		l, err := netns.Listen(spec.Netns, addr)
+		if err != nil {
+			for _, l := range out {
+				l.Close()
+			}
+			return nil, errorf("listen on %s in %s: %w", addr, spec.Netns, err)
+		}
+		out[name] = l
+	}
+	return out, nil
+}
+
+// serve accepts on every listener of the pod until they close.
+func (a *Agent) serve(p *pod) {
+	go a.acceptLoop(p, p.ln[lnOut4], a.serveOutbound)
+	go a.acceptLoop(p, p.ln[lnOut6], a.serveOutbound)
+	go a.acceptLoop(p, p.ln[lnIn], a.serveInbound)
+}
+
+func (a *Agent) acceptLoop(p *pod, l *net.TCPListener, handle func(*pod, *net.TCPConn)) {
+	for {
+		c, err := l.AcceptTCP()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				a.log.Warn("accept", "netns", p.spec.Netns, "error", err)
+			}
+			return
+		}
+		a.conns.Add(1)
+		p.track(c, true)
+		go func() {
+			defer a.conns.Done()
+			defer p.track(c, false)
+			defer c.Close()
+			l4.Guard(a.log, "connection from "+c.RemoteAddr().String(), func() { handle(p, c) })
+		}()
+	}
+}
+
+// serveOutbound relays a connection the pod's application made to the
+// destination it dialled (for now plain L4 from inside the pod's netns).
+func (a *Agent) serveOutbound(p *pod, c *net.TCPConn) {
+	client := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	dst, err := a.dp.OrigDst(p.spec.Cookie, netip.AddrPortFrom(client.Addr().Unmap(), client.Port()))
+	if err != nil {
+		a.log.Warn("no original destination; closing", "netns", p.spec.Netns, "error", err)
+		return
+	}
+	up, err := p.dialer.DialContext(context.Background(), "tcp", dst.String())
+	if err != nil {
+		a.log.Info("upstream dial failed", "dst", dst, "error", err)
+		c.SetLinger(0) // the application sees a reset, as it would have
+		return
+	}
+	defer up.Close()
+	l4.Pipe(c, up)
+}
+
+// serveInbound delivers a connection sk_lookup steered to 15006 to the
+// application over the pod's loopback, at the port the client dialled.
+func (a *Agent) serveInbound(p *pod, c *net.TCPConn) {
+	port := c.LocalAddr().(*net.TCPAddr).Port
+	up, err := p.dialer.DialContext(context.Background(), "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		a.log.Info("application not answering", "netns", p.spec.Netns, "port", port, "error", err)
+		c.SetLinger(0)
+		return
+	}
+	defer up.Close()
+	l4.Pipe(c, up)
+}
+
+func (p *pod) track(c net.Conn, add bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if add {
+		p.conns[c] = struct{}{}
+	} else {
+		delete(p.conns, c)
+	}
+}
+
+// stop closes this agent's listeners; established connections go on.
+func (p *pod) stop() {
+	for _, l := range p.ln {
+		l.Close()
+	}
+}
+
+func (p *pod) closeConns() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		c.Close()
+	}
+}
