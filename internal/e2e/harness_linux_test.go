@@ -26,6 +26,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
+		os.Chmod(dir, 0o755) // the privilege test runs the agent as nobody
 		hmsNode, testApp = filepath.Join(dir, "hms-node"), filepath.Join(dir, "hms-testapp")
 		for out, pkg := range map[string]string{hmsNode: "../../cmd/hms-node", testApp: "../testapp/cmd/hms-testapp"} {
 			if b, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil {
@@ -187,4 +188,11 @@ func mustContain(t testing.TB, got, want string) {
 	if !strings.Contains(got, want) {
 		t.Fatalf("got %q, want it to contain %q", got, want)
 	}
+}
+
+// ctxT is a context bounded in time and cancelled at the end of the test.
+func ctxT(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
 }

@@ -30,8 +30,9 @@ type RRResult struct {
 }
 
 // RequestResponse sends n messages of size bytes over c, one at a time,
-// each waiting for its echo, and returns the latency percentiles.
-func RequestResponse(c net.Conn, size, n int) (RRResult, error) {
+// each waiting for its echo (and then pause), and returns the latency
+// percentiles.
+func RequestResponse(c net.Conn, size, n int, pause time.Duration) (RRResult, error) {
 	msg := make([]byte, size)
 	got := make([]byte, size)
 	lat := make([]time.Duration, 0, n)
@@ -44,6 +45,9 @@ func RequestResponse(c net.Conn, size, n int) (RRResult, error) {
 			return RRResult{}, err
 		}
 		lat = append(lat, time.Since(start))
+		if pause > 0 {
+			time.Sleep(pause)
+		}
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	us := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Nanoseconds()) / 1e3 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -79,7 +80,7 @@ func (b *Bed) setupLocked() error {
 		return err
 	}
 	return ipAll(b.fabric,
-		[]string{"link", "add", b.fabBr, "type", "bridge"},
+		[]string{"link", "add", b.fabBr, "index", "2", "type", "bridge"},
 		[]string{"link", "set", b.fabBr, "up"})
 }
 
@@ -204,16 +205,20 @@ func (b *Bed) buildNodeLocked(n *Node) error {
 	up, down := ifName(b.tag, 'u', n.idx, 0), ifName(b.tag, 'd', n.idx, 0)
 	gw := netip24(n.Gateway)
 	err := ipAll(n.nsName,
-		[]string{"link", "add", n.bridge, "type", "bridge"},
+		[]string{"link", "add", n.bridge, "index", "2", "type", "bridge"},
 		[]string{"addr", "add", gw, "dev", n.bridge},
 		[]string{"link", "set", n.bridge, "up"},
-		[]string{"link", "add", up, "type", "veth", "peer", "name", down, "netns", b.fabric},
+		[]string{"link", "add", up, "index", "3", "type", "veth",
+			"peer", "name", down, "index", strconv.Itoa(100 + n.idx), "netns", b.fabric},
 		[]string{"addr", "add", netip24(fabricAddr(n.idx)), "dev", up},
 		[]string{"link", "set", up, "up"})
 	if err != nil {
 		return err
 	}
 	if err := ipIn(b.fabric, "link", "set", down, "master", b.fabBr, "up"); err != nil {
+		return err
+	}
+	if err := waitUp(b.fabric, down); err != nil {
 		return err
 	}
 	if err := sysctlIn(n.Netns, "net.ipv4.ip_forward=1"); err != nil {

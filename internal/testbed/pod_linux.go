@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -82,18 +83,27 @@ func (b *Bed) buildPodLocked(p *Pod) error {
 		return err
 	}
 	// Both ends are created in their namespaces, so nothing ever appears in
-	// the root netns; the pod end is eth0 from the start.
+	// the root netns; the pod end is eth0 from the start. See waitUp for why
+	// the ends get distinct fixed ifindexes.
 	host := ifName(b.tag, 'p', n.idx, p.idx)
 	err := ipAll(n.nsName,
-		[]string{"link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", p.nsName},
+		[]string{"link", "add", host, "index", strconv.Itoa(1000 + p.idx), "type", "veth",
+			"peer", "name", "eth0", "index", "2", "netns", p.nsName},
 		[]string{"link", "set", host, "master", n.bridge, "up"})
 	if err != nil {
 		return err
 	}
-	return ipAll(p.nsName,
+	err = ipAll(p.nsName,
 		[]string{"addr", "add", netip24(p.IP), "dev", "eth0"},
 		[]string{"link", "set", "eth0", "up"},
 		[]string{"route", "add", PodRange.String(), "via", n.Gateway.String(), "dev", "eth0"})
+	if err != nil {
+		return err
+	}
+	if err := waitUp(n.nsName, host); err != nil {
+		return err
+	}
+	return waitUp(p.nsName, "eth0")
 }
 
 // Command returns a command that runs name inside the pod: it is cloned

@@ -42,6 +42,35 @@ func ipAll(ns string, cmds ...[]string) error {
 	return nil
 }
 
+// waitUp waits until dev in ns is operationally up. Carrier changes reach
+// operstate (and a bridge port's forwarding state) through the kernel's
+// linkwatch, which defers non-urgent events by up to a second; until then a
+// bridge port drops frames and the first SYN of a test is lost. A veth event
+// is urgent only when its ifindex differs from its peer's, hence the fixed,
+// distinct indexes; this wait is the backstop.
+func waitUp(ns, dev string) error {
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		out, err := exec.Command("ip", "-n", ns, "-j", "link", "show", "dev", dev).Output()
+		if err != nil {
+			return fmt.Errorf("link %s in %s: %w", dev, ns, err)
+		}
+		var links []struct {
+			Operstate string `json:"operstate"`
+		}
+		if err := json.Unmarshal(out, &links); err != nil {
+			return fmt.Errorf("link %s in %s: %w", dev, ns, err)
+		}
+		if len(links) == 1 && links[0].Operstate == "UP" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("link %s in %s: not up after 3s: %s", dev, ns, bytes.TrimSpace(out))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // sysctlIn sets a per-netns sysctl inside the netns at path. nsenter only
 // switches the network namespace, so /proc/sys/net is that netns's.
 func sysctlIn(path, kv string) error {

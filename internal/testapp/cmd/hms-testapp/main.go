@@ -35,6 +35,7 @@ func main() {
 	want := fs.String("want", "", "loop: text every reply must contain")
 	interval := fs.Duration("interval", 10*time.Millisecond, "loop: pause between connections")
 	duration := fs.Duration("duration", 5*time.Second, "loop: how long to run")
+	pause := fs.Duration("pause", 0, "rr: pause after each round trip")
 	fs.Parse(os.Args[2:])
 	switch os.Args[1] {
 	case "loop":
@@ -50,13 +51,13 @@ func main() {
 		fmt.Println(got)
 		return
 	}
-	if err := run(os.Args[1], *addr, *body, *name, *ip, *size, *n, *bytes, *dir, *v6); err != nil {
+	if err := run(os.Args[1], *addr, *body, *name, *ip, *size, *n, *bytes, *dir, *v6, *pause); err != nil {
 		fmt.Fprintln(os.Stderr, "hms-testapp:", err)
 		os.Exit(1)
 	}
 }
 
-func run(mode, addr, body, name, ip string, size, n int, bytes int64, dir string, v6 bool) error {
+func run(mode, addr, body, name, ip string, size, n int, bytes int64, dir string, v6 bool, pause time.Duration) error {
 	switch mode {
 	case "http":
 		return http.ListenAndServe(addr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -96,7 +97,7 @@ func run(mode, addr, body, name, ip string, size, n int, bytes int64, dir string
 			return err
 		}
 		defer c.Close()
-		res, err := testapp.RequestResponse(c, size, n)
+		res, err := testapp.RequestResponse(c, size, n, pause)
 		if err != nil {
 			return err
 		}
