@@ -18,8 +18,11 @@ static __always_inline void sockkey_of(struct bpf_sock_ops *skops, __u64 netns, 
 
 static __always_inline void insert(struct bpf_sock_ops *skops, __u64 netns)
 {
-	if (!accel_enabled || skops->family != AF_INET)
+	if (!accel_enabled)
 		return;
+	/* IPv4, or v4-mapped on an AF_INET6 socket (Go's ":port" listeners):
+	 * local_ip4/remote_ip4 hold the IPv4 addresses of both, and are 0 for
+	 * native IPv6, which stays unaccelerated. */
 	if (!is_loopback4(skops->local_ip4) || !is_loopback4(skops->remote_ip4))
 		return;
 	struct sockkey k = {};

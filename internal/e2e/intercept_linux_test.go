@@ -44,8 +44,19 @@ func TestPrivilegedCurlIsInterceptedAndPeerNameKept(t *testing.T) {
 	if after["redirected"] < before["redirected"]+1 {
 		t.Fatalf("redirected %d -> %d: the call was not intercepted", before["redirected"], after["redirected"])
 	}
-	if after["inbound_steered"] < before["inbound_steered"]+1 {
-		t.Fatalf("inbound_steered %d -> %d: the server side did not go through 15006", before["inbound_steered"], after["inbound_steered"])
+	if after["inbound_steered"] != before["inbound_steered"] {
+		t.Fatalf("inbound_steered %d -> %d: a same-node call crossed 15006 instead of staying in-process", before["inbound_steered"], after["inbound_steered"])
+	}
+
+	// From a pod outside the mesh, the server is reached through sk_lookup
+	// and the in-pod 15006 listener.
+	out, err = curl(t, s.bystander, s.url)
+	if err != nil {
+		t.Fatalf("curl from outside the mesh: %v\n%s", err, out)
+	}
+	mustContain(t, out, "hello-from-server path=/x")
+	if got := s.agent.counters()["inbound_steered"]; got != after["inbound_steered"]+1 {
+		t.Fatalf("inbound_steered %d -> %d, want +1", after["inbound_steered"], got)
 	}
 
 	// The application sees the address it dialled, not 127.0.0.1:15001.

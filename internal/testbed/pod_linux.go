@@ -100,10 +100,12 @@ func (b *Bed) buildPodLocked(p *Pod) error {
 	if err != nil {
 		return err
 	}
-	if err := waitUp(n.nsName, host); err != nil {
-		return err
+	for _, l := range [][2]string{{n.nsName, host}, {p.nsName, "eth0"}, {n.nsName, n.bridge}} {
+		if err := waitUp(l[0], l[1]); err != nil {
+			return err
+		}
 	}
-	return waitUp(p.nsName, "eth0")
+	return nil
 }
 
 // Command returns a command that runs name inside the pod: it is cloned

@@ -91,6 +91,7 @@ type Agent struct {
 	mu       sync.Mutex      // guards the fields below
 	pods     map[string]*pod // by netns path
 	degraded map[string]degradedPod
+	byAddr   map[netip.AddrPort]*pod // pod IP:service port → pod, for same-node calls
 	closed   bool
 	// handedOver: a successor owns our sockets now; never unlink them.
 	handedOver bool
@@ -108,7 +109,8 @@ func New(cfg Config, dp Datapath) (*Agent, error) {
 	}
 	return &Agent{
 		cfg: cfg, dp: dp, log: cfg.Log.With("node", cfg.Node),
-		pods: map[string]*pod{}, degraded: map[string]degradedPod{}, handover: make(chan struct{}),
+		pods: map[string]*pod{}, degraded: map[string]degradedPod{},
+		byAddr: map[netip.AddrPort]*pod{}, handover: make(chan struct{}),
 	}, nil
 }
 

@@ -111,12 +111,20 @@ func (a *Agent) startPodLocked(spec PodSpec, inherited map[string]*net.TCPListen
 		return fail(fmt.Errorf("enroll %s: %w", spec.Netns, err))
 	}
 	a.pods[spec.Netns] = p
+	for _, port := range spec.Ports {
+		if spec.IP.IsValid() {
+			a.byAddr[netip.AddrPortFrom(spec.IP, port)] = p
+		}
+	}
 	a.serve(p)
 	return p, nil
 }
 
 func (a *Agent) stopPodLocked(p *pod) error {
 	delete(a.pods, p.spec.Netns)
+	for _, port := range p.spec.Ports {
+		delete(a.byAddr, netip.AddrPortFrom(p.spec.IP, port))
+	}
 	err := a.dp.UnenrollPod(p.spec.datapath())
 	p.stop()
 	p.dialer.Close()

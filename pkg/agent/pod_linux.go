@@ -110,7 +110,13 @@ func (a *Agent) serveOutbound(p *pod, c *net.TCPConn) {
 		a.log.Warn("no original destination; closing", "netns", p.spec.Netns, "error", err)
 		return
 	}
-	up, err := p.dialer.DialContext(context.Background(), "tcp", dst.String())
+	// A pod of this node is served in-process: dial its application over
+	// its own loopback instead of crossing its sk_lookup and 15006 again.
+	dialer, addr := p.dialer, dst.String()
+	if local := a.localPod(dst); local != nil {
+		dialer, addr = local.dialer, net.JoinHostPort("127.0.0.1", strconv.Itoa(int(dst.Port())))
+	}
+	up, err := dialer.DialContext(context.Background(), "tcp", addr)
 	if err != nil {
 		a.log.Info("upstream dial failed", "dst", dst, "error", err)
 		c.SetLinger(0) // the application sees a reset, as it would have
@@ -132,6 +138,13 @@ func (a *Agent) serveInbound(p *pod, c *net.TCPConn) {
 	}
 	defer up.Close()
 	l4.Pipe(c, up)
+}
+
+// localPod returns the enrolled pod of this node that serves dst, if any.
+func (a *Agent) localPod(dst netip.AddrPort) *pod {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.byAddr[dst]
 }
 
 func (p *pod) track(c net.Conn, add bool) {
