@@ -75,6 +75,12 @@ wait_for() {
 	done
 }
 
+agent_ready() {
+	[[ -S $sock ]] &&
+		"$hms" status --socket "$sock" >/dev/null 2>&1 &&
+		curl -sf --noproxy '*' --max-time 2 "http://$metrics/readyz" >/dev/null 2>&1
+}
+
 alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 # cg_procs DIR prints the pids in cgroup DIR and every cgroup below it.
@@ -171,7 +177,7 @@ build() {
 on_up_error() {
 	echo >&2
 	echo "demo: up failed. Logs: $run_dir/*.log. Last agent log lines:" >&2
-	tail -n 20 "$run_dir/agent.log" 2>/dev/null >&2 || true
+	tail -n 20 "$run_dir/agent.log" >&2 2>/dev/null || true
 	echo "demo: clean up with: bash scripts/demo.sh down" >&2
 }
 
@@ -211,10 +217,15 @@ up() {
 		--state-dir "$run_dir/state" --socket "$sock" --metrics-addr "$metrics" \
 		>"$run_dir/agent.log" 2>&1
 	wait_for 5 "agent pid file" test -s "$run_dir/agent.pid"
+	# Ready = the local API answers and /readyz says so; an agent that dies
+	# while starting (a port in use, no BPF) fails the demo at once.
 	local deadline=$((SECONDS + 30))
-	until [[ -S $sock ]]; do
-		alive "$run_dir/agent.pid" || die "the agent exited; see $run_dir/agent.log"
-		((SECONDS < deadline)) || die "the agent did not open $sock within 30s"
+	until agent_ready; do
+		if ! alive "$run_dir/agent.pid"; then
+			sleep 0.2 # let its last words reach the log
+			die "the agent exited while starting"
+		fi
+		((SECONDS < deadline)) || die "the agent was not ready within 30s; see $run_dir/agent.log"
 		sleep 0.1
 	done
 

@@ -58,7 +58,7 @@ func ServeBulk(l net.Listener) error {
 				return
 			}
 			n := int64(binary.BigEndian.Uint64(hdr[1:]))
-			if hdr[0] == 'd' {
+			if hdr[0] == 'd' || hdr[0] == 's' {
 				writePattern(c, n)
 				return
 			}
@@ -70,13 +70,18 @@ func ServeBulk(l net.Listener) error {
 }
 
 // Bulk moves n bytes over c in direction "down" or "up" and returns the
-// sha256 of what the receiving side got, and its byte count.
+// sha256 of what the receiving side got, and its byte count. Direction
+// "sink" is "down" without hashing, for throughput benchmarks.
 func Bulk(c net.Conn, dir string, n int64) (string, int64, error) {
 	var hdr [9]byte
 	hdr[0] = dir[0]
 	binary.BigEndian.PutUint64(hdr[1:], uint64(n))
 	if _, err := c.Write(hdr[:]); err != nil {
 		return "", 0, err
+	}
+	if dir == "sink" {
+		got, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{c}, make([]byte, 256<<10))
+		return "", got, err
 	}
 	if dir == "down" {
 		h := sha256.New()
