@@ -20,16 +20,15 @@ static __always_inline int record(struct bpf_sock *sk, __u32 ip6[4], __u16 port)
 }
 
 /* decide returns the port to rewrite to, or 0 to leave the connect alone. */
-static __always_inline __u16 decide(struct bpf_sock_addr *ctx, struct enrollment *e,
-				    __u16 dport, int loopback)
+static __always_inline __u16 decide(__u32 proto, struct enrollment *e, __u16 dport, int loopback)
 {
-	if (ctx->protocol == IPPROTO_UDP) {
+	if (proto == IPPROTO_UDP) {
 		if (dport != 53 || loopback)
 			return 0;
 		count(CNT_DNS_REDIRECTED);
 		return e->dns_port;
 	}
-	if (ctx->protocol != IPPROTO_TCP)
+	if (proto != IPPROTO_TCP)
 		return 0;
 	if (loopback) {
 		count(CNT_PASSED);
@@ -54,7 +53,14 @@ int hms_connect4(struct bpf_sock_addr *ctx)
 	}
 	__u32 dst = ctx->user_ip4;
 	__u16 dport = bpf_ntohs((__u16)ctx->user_port);
-	__u16 to = decide(ctx, e, dport, is_loopback4(dst));
+	/* Read ctx fields once: clang otherwise keeps a computed ctx pointer,
+	 * which the verifier refuses. */
+	__u32 proto = ctx->protocol;
+	if (proto == IPPROTO_TCP && is_vip(dst) && !vip_known(dst, dport)) {
+		count(CNT_VIP_REFUSED);
+		return 0; /* EPERM at once, instead of a connect that hangs */
+	}
+	__u16 to = decide(proto, e, dport, is_loopback4(dst));
 	if (!to)
 		return 1;
 	__u32 mapped[4] = {0, 0, bpf_htonl(0xffff), dst};
@@ -83,7 +89,12 @@ int hms_connect6(struct bpf_sock_addr *ctx)
 	int loopback = mapped ? is_loopback4(ip[3])
 			      : (ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] == bpf_htonl(1));
 	__u16 dport = bpf_ntohs((__u16)ctx->user_port);
-	__u16 to = decide(ctx, e, dport, loopback);
+	__u32 proto = ctx->protocol;
+	if (mapped && proto == IPPROTO_TCP && is_vip(ip[3]) && !vip_known(ip[3], dport)) {
+		count(CNT_VIP_REFUSED);
+		return 0;
+	}
+	__u16 to = decide(proto, e, dport, loopback);
 	if (!to)
 		return 1;
 	if (!record(sk, ip, dport))

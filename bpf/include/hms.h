@@ -21,6 +21,8 @@
 /* Runtime knobs, set by the agent through the spec before load. */
 volatile const __u32 agent_mark = 0x4853; /* SO_MARK of the agent's own sockets */
 volatile const __u8 accel_enabled = 1;    /* sockhash insertion (sk_msg acceleration) */
+volatile const __u32 vip_net = 0x0000f0f0; /* VIP range, network order (240.240.0.0) */
+volatile const __u32 vip_mask = 0x0000ffff; /* its netmask, network order (/16) */
 
 /* Decision counters, indexes of hms_counters. Keep in sync with
  * pkg/datapath/counters.go. */
@@ -33,6 +35,7 @@ enum hms_counter {
 	CNT_DNS_REDIRECTED,     /* UDP :53 connect/sendmsg rewritten to 15053 */
 	CNT_SOCKMAP_INSERTED,   /* socket added to hms_sockhash */
 	CNT_MSG_REDIRECTED,     /* sk_msg redirected a message to its peer */
+	CNT_VIP_REFUSED,        /* connect to a VIP:port no service answers on */
 	CNT_MAX,
 };
 
@@ -175,6 +178,34 @@ struct {
 	__type(key, __u32);
 	__type(value, __u8);
 } hms_exempt_src SEC(".maps");
+
+/* A service address: VIP (network order) and port (host order). */
+struct vipkey {
+	__u32 vip;
+	__u32 port;
+};
+
+/* hms_vips: VIP:port -> service id, mirrored from the registry.
+ * Writer: agent (registry sync). Reader: connect4/6. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct vipkey);
+	__type(value, __u32);
+} hms_vips SEC(".maps");
+
+static __always_inline int is_vip(__u32 ip_net)
+{
+	return (ip_net & vip_mask) == vip_net;
+}
+
+/* vip_known tells whether some service answers on a VIP:port. */
+static __always_inline int vip_known(__u32 ip_net, __u16 port)
+{
+	struct vipkey k = {.vip = ip_net, .port = port};
+	return bpf_map_lookup_elem(&hms_vips, &k) != 0;
+}
 
 /* enrollment_of returns the enrollment of the socket's netns or cgroup, or
  * NULL when the socket is not ours to touch. */

@@ -84,11 +84,11 @@ func (a *Agent) takeOverPredecessor() (*inheritance, error) {
 	return &inheritance{conn: conn, rcv: rcv}, nil
 }
 
-// startServers opens (or adopts) the local API, the hand-over socket and
-// the health/metrics endpoint.
-func (a *Agent) startServers(in *inheritance) error {
+// startServers opens (or adopts) the health/metrics endpoint, the local
+// API and the hand-over socket — the TCP port first, so a port clash fails
+// before a socket file exists. On error it closes what it opened.
+func (a *Agent) startServers(in *inheritance) (err error) {
 	s := &apiServer{local: &localapi.Server{Handler: a.handler(), Log: a.log}}
-	var err error
 	if in != nil {
 		s.localLn, _ = in.rcv.UnixListener(sockAPI)
 		if tl, err := in.rcv.UnixListener(sockHandover); err == nil {
@@ -96,6 +96,26 @@ func (a *Agent) startServers(in *inheritance) error {
 		}
 		if l, err := in.rcv.Listener(sockMetrics); err == nil {
 			s.healthL = l
+		}
+	}
+	defer func() {
+		if err == nil {
+			return
+		}
+		if s.healthL != nil {
+			s.healthL.Close()
+		}
+		if s.localLn != nil {
+			s.localLn.Close() // unlinks the socket file it created
+		}
+		if a.takeover != nil {
+			a.takeover.Close()
+			a.takeover = nil
+		}
+	}()
+	if s.healthL == nil && a.cfg.MetricsAddr != "off" {
+		if s.healthL, err = net.Listen("tcp", a.cfg.MetricsAddr); err != nil {
+			return fmt.Errorf("metrics endpoint %s: %w", a.cfg.MetricsAddr, err)
 		}
 	}
 	if s.localLn == nil {
@@ -109,11 +129,6 @@ func (a *Agent) startServers(in *inheritance) error {
 	if a.takeover == nil {
 		if a.takeover, err = localapi.Listen(a.cfg.Socket + ".handover"); err != nil {
 			return fmt.Errorf("hand-over socket: %w", err)
-		}
-	}
-	if s.healthL == nil && a.cfg.MetricsAddr != "off" {
-		if s.healthL, err = net.Listen("tcp", a.cfg.MetricsAddr); err != nil {
-			return fmt.Errorf("metrics endpoint %s: %w", a.cfg.MetricsAddr, err)
 		}
 	}
 	a.api = s

@@ -52,6 +52,12 @@ type connectSockkey struct {
 	RemotePort uint32
 }
 
+type connectVipkey struct {
+	_    structs.HostLayout
+	Vip  uint32
+	Port uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -66,10 +72,13 @@ const (
 	connectMapHmsPods         = "hms_pods"
 	connectMapHmsSkOrig       = "hms_sk_orig"
 	connectMapHmsSockhash     = "hms_sockhash"
+	connectMapHmsVips         = "hms_vips"
 	connectProgHmsConnect4    = "hms_connect4"
 	connectProgHmsConnect6    = "hms_connect6"
 	connectVarAccelEnabled    = "accel_enabled"
 	connectVarAgentMark       = "agent_mark"
+	connectVarVipMask         = "vip_mask"
+	connectVarVipNet          = "vip_net"
 )
 
 // loadConnect returns the embedded CollectionSpec for connect.
@@ -132,6 +141,7 @@ type connectMapSpecs struct {
 	HmsPods         *ebpf.MapSpec `ebpf:"hms_pods"`
 	HmsSkOrig       *ebpf.MapSpec `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.MapSpec `ebpf:"hms_sockhash"`
+	HmsVips         *ebpf.MapSpec `ebpf:"hms_vips"`
 }
 
 // connectVariableSpecs contains global variables before they are loaded into the kernel.
@@ -140,6 +150,8 @@ type connectMapSpecs struct {
 type connectVariableSpecs struct {
 	AccelEnabled *ebpf.VariableSpec `ebpf:"accel_enabled"`
 	AgentMark    *ebpf.VariableSpec `ebpf:"agent_mark"`
+	VipMask      *ebpf.VariableSpec `ebpf:"vip_mask"`
+	VipNet       *ebpf.VariableSpec `ebpf:"vip_net"`
 }
 
 // connectObjects contains all objects after they have been loaded into the kernel.
@@ -172,6 +184,7 @@ type connectMaps struct {
 	HmsPods         *ebpf.Map `ebpf:"hms_pods"`
 	HmsSkOrig       *ebpf.Map `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.Map `ebpf:"hms_sockhash"`
+	HmsVips         *ebpf.Map `ebpf:"hms_vips"`
 }
 
 func (m *connectMaps) Close() error {
@@ -186,6 +199,7 @@ func (m *connectMaps) Close() error {
 		m.HmsPods,
 		m.HmsSkOrig,
 		m.HmsSockhash,
+		m.HmsVips,
 	)
 }
 
@@ -195,6 +209,8 @@ func (m *connectMaps) Close() error {
 type connectVariables struct {
 	AccelEnabled *ebpf.Variable `ebpf:"accel_enabled"`
 	AgentMark    *ebpf.Variable `ebpf:"agent_mark"`
+	VipMask      *ebpf.Variable `ebpf:"vip_mask"`
+	VipNet       *ebpf.Variable `ebpf:"vip_net"`
 }
 
 // connectPrograms contains all programs after they have been loaded into the kernel.

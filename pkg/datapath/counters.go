@@ -11,4 +11,5 @@ var CounterNames = []string{
 	"dns_redirected",
 	"sockmap_inserted",
 	"msg_redirected",
+	"vip_refused",
 }

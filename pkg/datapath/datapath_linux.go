@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,6 +29,10 @@ type Config struct {
 	AgentCgroup string
 	// Mark is the SO_MARK of the agent's own sockets; default DefaultMark.
 	Mark uint32
+	// VIPRange holds the service VIPs; a connect to one of its addresses
+	// that no service answers on is refused at once. Default
+	// 240.240.0.0/16.
+	VIPRange netip.Prefix
 	// NoAccel turns the sockhash/sk_msg short-circuit off.
 	NoAccel bool
 	// Log receives load and attach events; default slog.Default().
@@ -77,6 +82,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
+	}
+	if !c.VIPRange.IsValid() {
+		c.VIPRange = netip.MustParsePrefix("240.240.0.0/16")
+	}
+	if !c.VIPRange.Addr().Is4() {
+		return fmt.Errorf("VIP range %s: only IPv4 ranges are supported", c.VIPRange)
 	}
 	if c.CgroupRoot == "" {
 		mnt, err := cgroupv2.Mount()
@@ -172,7 +183,8 @@ func (d *Datapath) loadObject(name string, spec *ebpf.CollectionSpec, extra map[
 	if d.cfg.NoAccel {
 		accel = 0
 	}
-	vars := map[string]any{"agent_mark": d.cfg.Mark, "accel_enabled": accel}
+	vnet, vmask := vipRangeWords(d.cfg.VIPRange)
+	vars := map[string]any{"agent_mark": d.cfg.Mark, "accel_enabled": accel, "vip_net": vnet, "vip_mask": vmask}
 	for k, v := range extra {
 		vars[k] = v
 	}

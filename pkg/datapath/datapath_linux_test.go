@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -124,5 +125,41 @@ func TestPrivilegedStalePinnedMapReplaced(t *testing.T) {
 	defer m.Close()
 	if m.KeySize() != 8 {
 		t.Fatalf("stale pin not replaced: key size %d", m.KeySize())
+	}
+}
+
+func TestPrivilegedVIPMapRoundTrip(t *testing.T) {
+	requirePrivileged(t)
+	d, err := Open(testConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	vp := netip.MustParseAddrPort("240.240.0.7:7000")
+	if err := d.SetVIP(vp, 3); err != nil {
+		t.Fatal(err)
+	}
+	got, err := d.VIPs()
+	if err != nil || len(got) != 1 || got[vp] != 3 {
+		t.Fatalf("VIPs after set: %v, %v", got, err)
+	}
+	if err := d.SetVIP(netip.MustParseAddrPort("[fd00::1]:80"), 1); err == nil {
+		t.Fatal("an IPv6 VIP was accepted")
+	}
+	if err := d.DeleteVIP(vp); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.DeleteVIP(vp); err != nil {
+		t.Fatalf("deleting a missing VIP: %v", err)
+	}
+	if got, _ := d.VIPs(); len(got) != 0 {
+		t.Fatalf("VIPs after delete: %v", got)
+	}
+}
+
+func TestVIPRangeWords(t *testing.T) {
+	n, m := vipRangeWords(netip.MustParsePrefix("240.240.0.0/16"))
+	if n != 0x0000f0f0 || m != 0x0000ffff {
+		t.Fatalf("240.240.0.0/16 -> net %#x mask %#x; the C defaults say 0xf0f0/0xffff", n, m)
 	}
 }

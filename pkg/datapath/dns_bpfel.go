@@ -52,6 +52,12 @@ type dnsSockkey struct {
 	RemotePort uint32
 }
 
+type dnsVipkey struct {
+	_    structs.HostLayout
+	Vip  uint32
+	Port uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -66,12 +72,15 @@ const (
 	dnsMapHmsPods         = "hms_pods"
 	dnsMapHmsSkOrig       = "hms_sk_orig"
 	dnsMapHmsSockhash     = "hms_sockhash"
+	dnsMapHmsVips         = "hms_vips"
 	dnsProgHmsRecvmsg4    = "hms_recvmsg4"
 	dnsProgHmsRecvmsg6    = "hms_recvmsg6"
 	dnsProgHmsSendmsg4    = "hms_sendmsg4"
 	dnsProgHmsSendmsg6    = "hms_sendmsg6"
 	dnsVarAccelEnabled    = "accel_enabled"
 	dnsVarAgentMark       = "agent_mark"
+	dnsVarVipMask         = "vip_mask"
+	dnsVarVipNet          = "vip_net"
 )
 
 // loadDns returns the embedded CollectionSpec for dns.
@@ -136,6 +145,7 @@ type dnsMapSpecs struct {
 	HmsPods         *ebpf.MapSpec `ebpf:"hms_pods"`
 	HmsSkOrig       *ebpf.MapSpec `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.MapSpec `ebpf:"hms_sockhash"`
+	HmsVips         *ebpf.MapSpec `ebpf:"hms_vips"`
 }
 
 // dnsVariableSpecs contains global variables before they are loaded into the kernel.
@@ -144,6 +154,8 @@ type dnsMapSpecs struct {
 type dnsVariableSpecs struct {
 	AccelEnabled *ebpf.VariableSpec `ebpf:"accel_enabled"`
 	AgentMark    *ebpf.VariableSpec `ebpf:"agent_mark"`
+	VipMask      *ebpf.VariableSpec `ebpf:"vip_mask"`
+	VipNet       *ebpf.VariableSpec `ebpf:"vip_net"`
 }
 
 // dnsObjects contains all objects after they have been loaded into the kernel.
@@ -176,6 +188,7 @@ type dnsMaps struct {
 	HmsPods         *ebpf.Map `ebpf:"hms_pods"`
 	HmsSkOrig       *ebpf.Map `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.Map `ebpf:"hms_sockhash"`
+	HmsVips         *ebpf.Map `ebpf:"hms_vips"`
 }
 
 func (m *dnsMaps) Close() error {
@@ -190,6 +203,7 @@ func (m *dnsMaps) Close() error {
 		m.HmsPods,
 		m.HmsSkOrig,
 		m.HmsSockhash,
+		m.HmsVips,
 	)
 }
 
@@ -199,6 +213,8 @@ func (m *dnsMaps) Close() error {
 type dnsVariables struct {
 	AccelEnabled *ebpf.Variable `ebpf:"accel_enabled"`
 	AgentMark    *ebpf.Variable `ebpf:"agent_mark"`
+	VipMask      *ebpf.Variable `ebpf:"vip_mask"`
+	VipNet       *ebpf.Variable `ebpf:"vip_net"`
 }
 
 // dnsPrograms contains all programs after they have been loaded into the kernel.

@@ -52,6 +52,12 @@ type getpeernameSockkey struct {
 	RemotePort uint32
 }
 
+type getpeernameVipkey struct {
+	_    structs.HostLayout
+	Vip  uint32
+	Port uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -66,10 +72,13 @@ const (
 	getpeernameMapHmsPods          = "hms_pods"
 	getpeernameMapHmsSkOrig        = "hms_sk_orig"
 	getpeernameMapHmsSockhash      = "hms_sockhash"
+	getpeernameMapHmsVips          = "hms_vips"
 	getpeernameProgHmsGetpeername4 = "hms_getpeername4"
 	getpeernameProgHmsGetpeername6 = "hms_getpeername6"
 	getpeernameVarAccelEnabled     = "accel_enabled"
 	getpeernameVarAgentMark        = "agent_mark"
+	getpeernameVarVipMask          = "vip_mask"
+	getpeernameVarVipNet           = "vip_net"
 )
 
 // loadGetpeername returns the embedded CollectionSpec for getpeername.
@@ -132,6 +141,7 @@ type getpeernameMapSpecs struct {
 	HmsPods         *ebpf.MapSpec `ebpf:"hms_pods"`
 	HmsSkOrig       *ebpf.MapSpec `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.MapSpec `ebpf:"hms_sockhash"`
+	HmsVips         *ebpf.MapSpec `ebpf:"hms_vips"`
 }
 
 // getpeernameVariableSpecs contains global variables before they are loaded into the kernel.
@@ -140,6 +150,8 @@ type getpeernameMapSpecs struct {
 type getpeernameVariableSpecs struct {
 	AccelEnabled *ebpf.VariableSpec `ebpf:"accel_enabled"`
 	AgentMark    *ebpf.VariableSpec `ebpf:"agent_mark"`
+	VipMask      *ebpf.VariableSpec `ebpf:"vip_mask"`
+	VipNet       *ebpf.VariableSpec `ebpf:"vip_net"`
 }
 
 // getpeernameObjects contains all objects after they have been loaded into the kernel.
@@ -172,6 +184,7 @@ type getpeernameMaps struct {
 	HmsPods         *ebpf.Map `ebpf:"hms_pods"`
 	HmsSkOrig       *ebpf.Map `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.Map `ebpf:"hms_sockhash"`
+	HmsVips         *ebpf.Map `ebpf:"hms_vips"`
 }
 
 func (m *getpeernameMaps) Close() error {
@@ -186,6 +199,7 @@ func (m *getpeernameMaps) Close() error {
 		m.HmsPods,
 		m.HmsSkOrig,
 		m.HmsSockhash,
+		m.HmsVips,
 	)
 }
 
@@ -195,6 +209,8 @@ func (m *getpeernameMaps) Close() error {
 type getpeernameVariables struct {
 	AccelEnabled *ebpf.Variable `ebpf:"accel_enabled"`
 	AgentMark    *ebpf.Variable `ebpf:"agent_mark"`
+	VipMask      *ebpf.Variable `ebpf:"vip_mask"`
+	VipNet       *ebpf.Variable `ebpf:"vip_net"`
 }
 
 // getpeernamePrograms contains all programs after they have been loaded into the kernel.

@@ -52,6 +52,12 @@ type sklookupSockkey struct {
 	RemotePort uint32
 }
 
+type sklookupVipkey struct {
+	_    structs.HostLayout
+	Vip  uint32
+	Port uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -66,10 +72,13 @@ const (
 	sklookupMapHmsPods         = "hms_pods"
 	sklookupMapHmsSkOrig       = "hms_sk_orig"
 	sklookupMapHmsSockhash     = "hms_sockhash"
+	sklookupMapHmsVips         = "hms_vips"
 	sklookupProgHmsSklookup    = "hms_sklookup"
 	sklookupVarAccelEnabled    = "accel_enabled"
 	sklookupVarAgentMark       = "agent_mark"
 	sklookupVarPodNetns        = "pod_netns"
+	sklookupVarVipMask         = "vip_mask"
+	sklookupVarVipNet          = "vip_net"
 )
 
 // loadSklookup returns the embedded CollectionSpec for sklookup.
@@ -131,6 +140,7 @@ type sklookupMapSpecs struct {
 	HmsPods         *ebpf.MapSpec `ebpf:"hms_pods"`
 	HmsSkOrig       *ebpf.MapSpec `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.MapSpec `ebpf:"hms_sockhash"`
+	HmsVips         *ebpf.MapSpec `ebpf:"hms_vips"`
 }
 
 // sklookupVariableSpecs contains global variables before they are loaded into the kernel.
@@ -140,6 +150,8 @@ type sklookupVariableSpecs struct {
 	AccelEnabled *ebpf.VariableSpec `ebpf:"accel_enabled"`
 	AgentMark    *ebpf.VariableSpec `ebpf:"agent_mark"`
 	PodNetns     *ebpf.VariableSpec `ebpf:"pod_netns"`
+	VipMask      *ebpf.VariableSpec `ebpf:"vip_mask"`
+	VipNet       *ebpf.VariableSpec `ebpf:"vip_net"`
 }
 
 // sklookupObjects contains all objects after they have been loaded into the kernel.
@@ -172,6 +184,7 @@ type sklookupMaps struct {
 	HmsPods         *ebpf.Map `ebpf:"hms_pods"`
 	HmsSkOrig       *ebpf.Map `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.Map `ebpf:"hms_sockhash"`
+	HmsVips         *ebpf.Map `ebpf:"hms_vips"`
 }
 
 func (m *sklookupMaps) Close() error {
@@ -186,6 +199,7 @@ func (m *sklookupMaps) Close() error {
 		m.HmsPods,
 		m.HmsSkOrig,
 		m.HmsSockhash,
+		m.HmsVips,
 	)
 }
 
@@ -196,6 +210,8 @@ type sklookupVariables struct {
 	AccelEnabled *ebpf.Variable `ebpf:"accel_enabled"`
 	AgentMark    *ebpf.Variable `ebpf:"agent_mark"`
 	PodNetns     *ebpf.Variable `ebpf:"pod_netns"`
+	VipMask      *ebpf.Variable `ebpf:"vip_mask"`
+	VipNet       *ebpf.Variable `ebpf:"vip_net"`
 }
 
 // sklookupPrograms contains all programs after they have been loaded into the kernel.

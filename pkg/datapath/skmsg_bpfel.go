@@ -52,6 +52,12 @@ type skmsgSockkey struct {
 	RemotePort uint32
 }
 
+type skmsgVipkey struct {
+	_    structs.HostLayout
+	Vip  uint32
+	Port uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -66,9 +72,12 @@ const (
 	skmsgMapHmsPods         = "hms_pods"
 	skmsgMapHmsSkOrig       = "hms_sk_orig"
 	skmsgMapHmsSockhash     = "hms_sockhash"
+	skmsgMapHmsVips         = "hms_vips"
 	skmsgProgHmsSkmsg       = "hms_skmsg"
 	skmsgVarAccelEnabled    = "accel_enabled"
 	skmsgVarAgentMark       = "agent_mark"
+	skmsgVarVipMask         = "vip_mask"
+	skmsgVarVipNet          = "vip_net"
 )
 
 // loadSkmsg returns the embedded CollectionSpec for skmsg.
@@ -130,6 +139,7 @@ type skmsgMapSpecs struct {
 	HmsPods         *ebpf.MapSpec `ebpf:"hms_pods"`
 	HmsSkOrig       *ebpf.MapSpec `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.MapSpec `ebpf:"hms_sockhash"`
+	HmsVips         *ebpf.MapSpec `ebpf:"hms_vips"`
 }
 
 // skmsgVariableSpecs contains global variables before they are loaded into the kernel.
@@ -138,6 +148,8 @@ type skmsgMapSpecs struct {
 type skmsgVariableSpecs struct {
 	AccelEnabled *ebpf.VariableSpec `ebpf:"accel_enabled"`
 	AgentMark    *ebpf.VariableSpec `ebpf:"agent_mark"`
+	VipMask      *ebpf.VariableSpec `ebpf:"vip_mask"`
+	VipNet       *ebpf.VariableSpec `ebpf:"vip_net"`
 }
 
 // skmsgObjects contains all objects after they have been loaded into the kernel.
@@ -170,6 +182,7 @@ type skmsgMaps struct {
 	HmsPods         *ebpf.Map `ebpf:"hms_pods"`
 	HmsSkOrig       *ebpf.Map `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.Map `ebpf:"hms_sockhash"`
+	HmsVips         *ebpf.Map `ebpf:"hms_vips"`
 }
 
 func (m *skmsgMaps) Close() error {
@@ -184,6 +197,7 @@ func (m *skmsgMaps) Close() error {
 		m.HmsPods,
 		m.HmsSkOrig,
 		m.HmsSockhash,
+		m.HmsVips,
 	)
 }
 
@@ -193,6 +207,8 @@ func (m *skmsgMaps) Close() error {
 type skmsgVariables struct {
 	AccelEnabled *ebpf.Variable `ebpf:"accel_enabled"`
 	AgentMark    *ebpf.Variable `ebpf:"agent_mark"`
+	VipMask      *ebpf.Variable `ebpf:"vip_mask"`
+	VipNet       *ebpf.Variable `ebpf:"vip_net"`
 }
 
 // skmsgPrograms contains all programs after they have been loaded into the kernel.

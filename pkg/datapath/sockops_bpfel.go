@@ -52,6 +52,12 @@ type sockopsSockkey struct {
 	RemotePort uint32
 }
 
+type sockopsVipkey struct {
+	_    structs.HostLayout
+	Vip  uint32
+	Port uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -66,9 +72,12 @@ const (
 	sockopsMapHmsPods         = "hms_pods"
 	sockopsMapHmsSkOrig       = "hms_sk_orig"
 	sockopsMapHmsSockhash     = "hms_sockhash"
+	sockopsMapHmsVips         = "hms_vips"
 	sockopsProgHmsSockops     = "hms_sockops"
 	sockopsVarAccelEnabled    = "accel_enabled"
 	sockopsVarAgentMark       = "agent_mark"
+	sockopsVarVipMask         = "vip_mask"
+	sockopsVarVipNet          = "vip_net"
 )
 
 // loadSockops returns the embedded CollectionSpec for sockops.
@@ -130,6 +139,7 @@ type sockopsMapSpecs struct {
 	HmsPods         *ebpf.MapSpec `ebpf:"hms_pods"`
 	HmsSkOrig       *ebpf.MapSpec `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.MapSpec `ebpf:"hms_sockhash"`
+	HmsVips         *ebpf.MapSpec `ebpf:"hms_vips"`
 }
 
 // sockopsVariableSpecs contains global variables before they are loaded into the kernel.
@@ -138,6 +148,8 @@ type sockopsMapSpecs struct {
 type sockopsVariableSpecs struct {
 	AccelEnabled *ebpf.VariableSpec `ebpf:"accel_enabled"`
 	AgentMark    *ebpf.VariableSpec `ebpf:"agent_mark"`
+	VipMask      *ebpf.VariableSpec `ebpf:"vip_mask"`
+	VipNet       *ebpf.VariableSpec `ebpf:"vip_net"`
 }
 
 // sockopsObjects contains all objects after they have been loaded into the kernel.
@@ -170,6 +182,7 @@ type sockopsMaps struct {
 	HmsPods         *ebpf.Map `ebpf:"hms_pods"`
 	HmsSkOrig       *ebpf.Map `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.Map `ebpf:"hms_sockhash"`
+	HmsVips         *ebpf.Map `ebpf:"hms_vips"`
 }
 
 func (m *sockopsMaps) Close() error {
@@ -184,6 +197,7 @@ func (m *sockopsMaps) Close() error {
 		m.HmsPods,
 		m.HmsSkOrig,
 		m.HmsSockhash,
+		m.HmsVips,
 	)
 }
 
@@ -193,6 +207,8 @@ func (m *sockopsMaps) Close() error {
 type sockopsVariables struct {
 	AccelEnabled *ebpf.Variable `ebpf:"accel_enabled"`
 	AgentMark    *ebpf.Variable `ebpf:"agent_mark"`
+	VipMask      *ebpf.Variable `ebpf:"vip_mask"`
+	VipNet       *ebpf.Variable `ebpf:"vip_net"`
 }
 
 // sockopsPrograms contains all programs after they have been loaded into the kernel.
