@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -39,6 +40,7 @@ func agentCmd() *cobra.Command {
 				cfg.Node, _ = os.Hostname()
 			}
 			cfg.Log, cfg.Version = log, version
+			dpc.VIPRange = cfg.VIPRange
 			dp, err := datapath.Open(dpc)
 			if err != nil {
 				return err
@@ -60,8 +62,34 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/hms", "directory for persisted enrollments")
 	f.StringVar(&cfg.Socket, "socket", "/var/run/hms/agent.sock", "local API unix socket")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:15020", `address of /metrics, /healthz, /readyz ("off" to disable)`)
+	f.Var(prefixValue{&cfg.VIPRange}, "vip-cidr", "the mesh's VIP range, blackholed in pods and refused when unknown (default 240.240.0.0/16)")
 	f.BoolVar(&accel, "accel", true, "short-circuit app<->proxy loopback hops with sockhash/sk_msg")
 	f.BoolVar(&cleanup, "cleanup", false, "remove everything pinned under --bpffs and exit")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "how long a replaced agent waits for its connections (default 30s)")
+	f.StringVar(&cfg.Control, "control", "", "control-plane address host:port (empty: standalone, no registry)")
+	f.StringSliceVar(&cfg.DNSUpstreams, "dns-upstream", nil, "resolvers for names outside the mesh, ip:port (default: the node's resolv.conf)")
+	f.DurationVar(&cfg.ProbeInterval, "probe-interval", 0, "health-check interval of services that set none (default 10s)")
+	f.StringVar(&cfg.ExternalCA, "external-ca", "", "PEM bundle to verify external https services against (default: system roots)")
 	return cmd
 }
+
+// prefixValue is a pflag.Value for a netip.Prefix.
+type prefixValue struct{ p *netip.Prefix }
+
+func (v prefixValue) String() string {
+	if v.p == nil || !v.p.IsValid() {
+		return ""
+	}
+	return v.p.String()
+}
+
+func (v prefixValue) Set(s string) error {
+	p, err := netip.ParsePrefix(s)
+	if err != nil || !p.Addr().Is4() {
+		return fmt.Errorf("want an IPv4 CIDR such as 240.240.0.0/16")
+	}
+	*v.p = p.Masked()
+	return nil
+}
+
+func (prefixValue) Type() string { return "cidr" }

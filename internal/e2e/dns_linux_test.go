@@ -1,23 +1,25 @@
 package e2e
 
 import (
-	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/hms-node/hms-node/internal/testapp"
 	"github.com/hms-node/hms-node/internal/testbed"
 )
 
-// An enrolled pod's DNS goes to the in-pod 127.0.0.1:15053 even though the
-// pod has no route to its resolver: through connect (glibc connects its UDP
-// socket) and through sendmsg/recvmsg (unconnected senders), with the
-// reply's source restored. The "resolver" is a local fake in the pod.
+// An enrolled pod's DNS goes to the agent's in-pod 127.0.0.1:15053 even
+// though the pod has no route to its resolver: through connect (glibc
+// connects its UDP socket) and through sendmsg/recvmsg (unconnected
+// senders), with the reply's source restored. Names outside the mesh are
+// forwarded to --dns-upstream, a local fake on the host's loopback.
 func TestPrivilegedDNSRedirectedToPodListener(t *testing.T) {
-	s := newSameNode(t)
-	startFakeResolver(t, s.client)
+	testbed.RequirePrivileged(t)
+	upstream := startFakeUpstream(t)
+	s := newSameNode(t, "--dns-upstream", upstream)
 	// 192.0.2.53 (TEST-NET-1): the pod has no route there at all.
 	resolv := filepath.Join(t.TempDir(), "resolv.conf")
 	os.WriteFile(resolv, []byte("nameserver 192.0.2.53\noptions attempts:1 timeout:2\n"), 0o644)
@@ -47,18 +49,15 @@ func TestPrivilegedDNSRedirectedToPodListener(t *testing.T) {
 	}
 }
 
-// startFakeResolver runs the fake resolver on the in-pod DNS port and
-// waits until it answers on the pod's loopback.
-func startFakeResolver(t *testing.T, p *testbed.Pod) {
+// startFakeUpstream serves notify.test → 10.9.9.9 on the host's loopback,
+// as the resolver the agent forwards non-mesh names to.
+func startFakeUpstream(t *testing.T) string {
 	t.Helper()
-	if _, err := p.Start(context.Background(), testApp, "dns", "--addr", "127.0.0.1:15053", "--name", "notify.test", "--ip", "10.9.9.9"); err != nil {
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 100; i++ {
-		if out, err := run(t, p, testApp, "dnsq", "--addr", "127.0.0.1:15053", "--name", "notify.test"); err == nil && strings.TrimSpace(out) == "10.9.9.9" {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatal("fake resolver did not come up")
+	t.Cleanup(func() { pc.Close() })
+	go testapp.ServeDNS(pc, "notify.test", net.ParseIP("10.9.9.9"))
+	return pc.LocalAddr().String()
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hms-node/hms-node/pkg/agent/dns"
+	"github.com/hms-node/hms-node/pkg/agent/registry"
 	"github.com/hms-node/hms-node/pkg/datapath"
 )
 
@@ -26,6 +29,9 @@ type Datapath interface {
 	PinPath() string
 	Accel() bool
 	Mark() uint32
+	SetVIP(vp netip.AddrPort, id uint32) error
+	DeleteVIP(vp netip.AddrPort) error
+	VIPs() (map[netip.AddrPort]uint32, error)
 	Close() error
 }
 
@@ -49,6 +55,18 @@ type Config struct {
 	DrainTimeout time.Duration
 	// DialTimeout bounds upstream connects; default 5s.
 	DialTimeout time.Duration
+	// Control is the control plane's address (host:port); empty runs the
+	// agent standalone.
+	Control string
+	// DNSUpstreams answer every name outside the mesh ("ip:port");
+	// default the node's resolv.conf servers.
+	DNSUpstreams []string
+	// ProbeInterval is the health-check interval of services that do not
+	// set one; default 10s.
+	ProbeInterval time.Duration
+	// ExternalCA is a PEM bundle that TLS to external services is
+	// verified against; default the system roots.
+	ExternalCA string
 	// Version is reported by status.
 	Version string
 	// Log receives the agent's events; default slog.Default().
@@ -70,6 +88,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = 30 * time.Second
+	}
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = 10 * time.Second
 	}
 	if c.DialTimeout == 0 {
 		c.DialTimeout = 5 * time.Second
@@ -99,6 +120,14 @@ type Agent struct {
 
 	api      *apiServer
 	takeover net.Listener // Socket + ".handover"
+
+	table       *registry.Table
+	client      *registry.Client // nil when standalone
+	dns         *dns.Server
+	externalCAs *x509.CertPool
+
+	vipMu sync.Mutex // guards vips
+	vips  map[netip.AddrPort]uint32 // what hms_vips holds
 }
 
 // New prepares an agent over an opened datapath; it starts nothing.
@@ -107,8 +136,14 @@ func New(cfg Config, dp Datapath) (*Agent, error) {
 	if cfg.Node == "" {
 		return nil, errors.New("agent: node name is required")
 	}
+	cas, err := loadCAs(cfg.ExternalCA)
+	if err != nil {
+		return nil, err
+	}
+	table := registry.NewTable()
 	return &Agent{
-		cfg: cfg, dp: dp, log: cfg.Log.With("node", cfg.Node),
+		cfg: cfg, dp: dp, log: cfg.Log.With("node", cfg.Node), table: table, externalCAs: cas,
+		dns: &dns.Server{Resolver: table, Upstreams: cfg.DNSUpstreams, Log: cfg.Log},
 		pods: map[string]*pod{}, degraded: map[string]degradedPod{},
 		byAddr: map[netip.AddrPort]*pod{}, handover: make(chan struct{}),
 	}, nil
@@ -133,6 +168,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if inherited != nil {
 		inherited.commit()
+	}
+	if err := a.startRegistry(ctx); err != nil {
+		a.shutdown()
+		return err
 	}
 	a.log.Info("agent running", "pods", len(a.pods), "socket", a.cfg.Socket, "accel", a.dp.Accel())
 	select {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"sort"
@@ -19,7 +20,8 @@ type Status struct {
 	Node          string         `json:"node"`
 	Version       string         `json:"version"`
 	UptimeSeconds int64          `json:"uptime_seconds"`
-	Control       string         `json:"control"`
+	Control       string         `json:"control"` // one line for people
+	Registry      *RegistryState `json:"registry,omitempty"`
 	Workloads     []Workload     `json:"workloads"`
 	Datapath      DatapathStatus `json:"datapath"`
 }
@@ -35,6 +37,18 @@ type Workload struct {
 	Ports      []uint16 `json:"ports,omitempty"`
 	Cookie     uint64   `json:"netns_cookie"`
 	State      string   `json:"state"` // "serving" or "degraded: <why>"
+	Healthy    []uint16 `json:"healthy_ports,omitempty"`
+}
+
+// RegistryState is the agent's link to the control plane.
+type RegistryState struct {
+	Address   string    `json:"address"`
+	Connected bool      `json:"connected"`
+	Since     time.Time `json:"since"`
+	LastSync  time.Time `json:"last_sync"`
+	Revision  int64     `json:"revision"`
+	LastError string    `json:"last_error,omitempty"`
+	Services  int       `json:"services"`
 }
 
 // DatapathStatus is the eBPF side of Status.
@@ -58,9 +72,27 @@ func (a *Agent) Status() (Status, error) {
 			Counters: counters, Attachments: a.dp.Attachments()},
 		Workloads: []Workload{},
 	}
+	if a.client != nil {
+		cs := a.client.State()
+		st.Registry = &RegistryState{Address: a.cfg.Control, Connected: cs.Connected, Since: cs.Since,
+			LastSync: cs.LastSync, Revision: cs.Revision, LastError: cs.LastError, Services: a.table.Len()}
+		if cs.Connected {
+			st.Control = fmt.Sprintf("connected to %s, revision %d, last sync %s ago", a.cfg.Control, cs.Revision, time.Since(cs.LastSync).Round(time.Millisecond))
+		} else {
+			st.Control = fmt.Sprintf("DISCONNECTED from %s since %s (%s): serving the last known state", a.cfg.Control, cs.Since.Format(time.RFC3339), cs.LastError)
+		}
+	}
 	a.mu.Lock()
 	for _, p := range a.pods {
-		st.Workloads = append(st.Workloads, workloadOf(p.spec, "serving"))
+		w := workloadOf(p.spec, "serving")
+		p.mu.Lock()
+		for _, port := range p.spec.Ports {
+			if p.healthy[port] {
+				w.Healthy = append(w.Healthy, port)
+			}
+		}
+		p.mu.Unlock()
+		st.Workloads = append(st.Workloads, w)
 	}
 	for _, d := range a.degraded {
 		st.Workloads = append(st.Workloads, workloadOf(d.spec, "degraded: "+d.err))

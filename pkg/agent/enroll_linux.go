@@ -79,12 +79,23 @@ func (a *Agent) Enroll(req EnrollRequest) (PodSpec, error) {
 // the VIP blackhole, then the datapath. On failure it rolls back, except
 // that a pod already steered (restored or inherited) stays steered: it must
 // keep failing closed rather than bypass the agent.
-func (a *Agent) startPodLocked(spec PodSpec, inherited map[string]*net.TCPListener, steered bool) (*pod, error) {
-	ln, err := openListeners(spec, inherited)
+func (a *Agent) startPodLocked(spec PodSpec, inherited *podSockets, steered bool) (*pod, error) {
+	if inherited == nil {
+		inherited = &podSockets{}
+	}
+	ln, err := openListeners(spec, inherited.tcp)
 	if err != nil {
 		return nil, err
 	}
-	p := &pod{spec: spec, ln: ln, conns: map[net.Conn]struct{}{},
+	udp, err := openDNS(spec, inherited.udp)
+	if err != nil {
+		for _, l := range ln {
+			l.Close()
+		}
+		return nil, err
+	}
+	p := &pod{spec: spec, ln: ln, dns4: udp[lnDNS4], dns6: udp[lnDNS6],
+		conns: map[net.Conn]struct{}{}, healthy: map[uint16]bool{},
 		dialer: &hnetns.Dialer{NetnsPath: spec.Netns, Mark: a.dp.Mark(), Timeout: a.cfg.DialTimeout}}
 	if !spec.Blackhole {
 		added, err := blackhole(spec.Netns, a.cfg.VIPRange)
@@ -117,10 +128,22 @@ func (a *Agent) startPodLocked(spec PodSpec, inherited map[string]*net.TCPListen
 		}
 	}
 	a.serve(p)
+	a.startMonitorsLocked(p)
 	return p, nil
 }
 
+// podSockets are a pod's sockets handed over by a predecessor, by name.
+type podSockets struct {
+	tcp map[string]*net.TCPListener
+	udp map[string]*net.UDPConn
+}
+
 func (a *Agent) stopPodLocked(p *pod) error {
+	if a.client != nil {
+		for _, port := range p.spec.Ports {
+			a.client.Report(p.instance(a.cfg.Node, port), true)
+		}
+	}
 	delete(a.pods, p.spec.Netns)
 	for _, port := range p.spec.Ports {
 		delete(a.byAddr, netip.AddrPortFrom(p.spec.IP, port))

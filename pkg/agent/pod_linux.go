@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/hms-node/hms-node/pkg/agent/health"
 	"github.com/hms-node/hms-node/pkg/agent/l4"
 	"github.com/hms-node/hms-node/pkg/agent/netns"
 	"github.com/hms-node/hms-node/pkg/datapath"
@@ -49,8 +50,14 @@ type pod struct {
 	dialer *netns.Dialer
 	ln     map[string]*net.TCPListener
 
-	mu    sync.Mutex // guards conns
-	conns map[net.Conn]struct{}
+	dns4, dns6 *net.UDPConn // 127.0.0.1:15053, [::1]:15053
+
+	monitors     []*health.Monitor
+	stopMonitors func()
+
+	mu      sync.Mutex // guards the fields below
+	conns   map[net.Conn]struct{}
+	healthy map[uint16]bool // by declared port
 }
 
 // openListeners creates the pod's listeners inside its netns, or adopts
@@ -74,8 +81,41 @@ func openListeners(spec PodSpec, inherited map[string]*net.TCPListener) (map[str
 	return out, nil
 }
 
+// Names of the pod's DNS sockets in a hand-over.
+const (
+	lnDNS4 = "dns4"
+	lnDNS6 = "dns6"
+)
+
+var dnsAddrs = map[string]string{
+	lnDNS4: "127.0.0.1:" + strconv.Itoa(datapath.DNSPort),
+	lnDNS6: "[::1]:" + strconv.Itoa(datapath.DNSPort),
+}
+
+// openDNS creates (or adopts) the pod's DNS sockets.
+func openDNS(spec PodSpec, inherited map[string]*net.UDPConn) (map[string]*net.UDPConn, error) {
+	out := map[string]*net.UDPConn{}
+	for name, addr := range dnsAddrs {
+		if c, ok := inherited[name]; ok {
+			out[name] = c
+			continue
+		}
+		c, err := netns.ListenUDP(spec.Netns, addr)
+		if err != nil {
+			for _, c := range out {
+				c.Close()
+			}
+			return nil, errorf("DNS socket %s in %s: %w", addr, spec.Netns, err)
+		}
+		out[name] = c
+	}
+	return out, nil
+}
+
 // serve accepts on every listener of the pod until they close.
 func (a *Agent) serve(p *pod) {
+	go a.dns.ServePacket(p.dns4)
+	go a.dns.ServePacket(p.dns6)
 	go a.acceptLoop(p, p.ln[lnOut4], a.serveOutbound)
 	go a.acceptLoop(p, p.ln[lnOut6], a.serveOutbound)
 	go a.acceptLoop(p, p.ln[lnIn], a.serveInbound)
@@ -108,6 +148,10 @@ func (a *Agent) serveOutbound(p *pod, c *net.TCPConn) {
 	dst, err := a.dp.OrigDst(p.spec.Cookie, netip.AddrPortFrom(client.Addr().Unmap(), client.Port()))
 	if err != nil {
 		a.log.Warn("no original destination; closing", "netns", p.spec.Netns, "error", err)
+		return
+	}
+	if a.cfg.VIPRange.Contains(dst.Addr()) {
+		a.serveService(p, c, dst)
 		return
 	}
 	// A pod of this node is served in-process: dial its application over
@@ -157,10 +201,19 @@ func (p *pod) track(c net.Conn, add bool) {
 	}
 }
 
-// stop closes this agent's listeners; established connections go on.
+// stop closes this agent's listeners and probes; established connections
+// go on.
 func (p *pod) stop() {
 	for _, l := range p.ln {
 		l.Close()
+	}
+	for _, c := range []*net.UDPConn{p.dns4, p.dns6} {
+		if c != nil {
+			c.Close()
+		}
+	}
+	if p.stopMonitors != nil {
+		p.stopMonitors()
 	}
 }
 

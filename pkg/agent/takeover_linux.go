@@ -62,14 +62,19 @@ func (a *Agent) takeOverPredecessor() (*inheritance, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, spec := range st.Pods {
-		inherited := map[string]*net.TCPListener{}
+		inherited := &podSockets{tcp: map[string]*net.TCPListener{}, udp: map[string]*net.UDPConn{}}
 		for name := range listenAddrs {
-			l, err := rcv.Listener(podSock(spec.Cookie, name))
-			if err != nil {
-				continue // re-created below by openListeners
-			}
-			if tl, ok := l.(*net.TCPListener); ok {
-				inherited[name] = tl
+			if l, err := rcv.Listener(podSock(spec.Cookie, name)); err == nil {
+				if tl, ok := l.(*net.TCPListener); ok {
+					inherited.tcp[name] = tl
+				}
+			} // else re-created by openListeners
+		}
+		for name := range dnsAddrs {
+			if pc, err := rcv.PacketConn(podSock(spec.Cookie, name)); err == nil {
+				if uc, ok := pc.(*net.UDPConn); ok {
+					inherited.udp[name] = uc
+				}
 			}
 		}
 		if _, err := a.startPodLocked(spec, inherited, true); err != nil {
@@ -167,6 +172,8 @@ func (a *Agent) offer(conn *net.UnixConn) bool {
 		for name, l := range p.ln {
 			socks = append(socks, handover.Socket{Name: podSock(p.spec.Cookie, name), Conn: l})
 		}
+		socks = append(socks, handover.Socket{Name: podSock(p.spec.Cookie, lnDNS4), Conn: p.dns4},
+			handover.Socket{Name: podSock(p.spec.Cookie, lnDNS6), Conn: p.dns6})
 	}
 	for _, d := range a.degraded {
 		specs = append(specs, d.spec)

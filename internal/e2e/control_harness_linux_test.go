@@ -1,0 +1,177 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// controlProc is one running `hms-node control` with an embedded etcd.
+type controlProc struct {
+	t       testing.TB
+	dir     string
+	addr    string
+	args    []string
+	cmd     *exec.Cmd
+	logPath string
+}
+
+// freePort returns a loopback TCP port nobody listens on right now.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// heartbeat of the control planes in tests: instances of a dead agent
+// vanish after three of them.
+const heartbeat = 300 * time.Millisecond
+
+func newControl(t testing.TB) *controlProc {
+	t.Helper()
+	dir := t.TempDir()
+	c := &controlProc{t: t, dir: dir, addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), logPath: filepath.Join(dir, "control.log")}
+	c.args = []string{"control", "--data-dir", filepath.Join(dir, "data"), "--listen", c.addr, "--http-addr", "off",
+		"--etcd-client-port", fmt.Sprint(freePort(t)), "--etcd-peer-port", fmt.Sprint(freePort(t)),
+		"--heartbeat", heartbeat.String()}
+	t.Cleanup(func() {
+		c.stop()
+		if t.Failed() {
+			b, _ := os.ReadFile(c.logPath)
+			t.Logf("control-plane log:\n%s", b)
+		}
+	})
+	c.start()
+	return c
+}
+
+func (c *controlProc) start() {
+	c.t.Helper()
+	logf, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	cmd := exec.Command(hmsNode, c.args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "HOME="+c.dir) // ~/.hms/config of this test only
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.cmd = cmd
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := c.cli("list", "-o", "json"); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.t.Fatalf("control plane did not answer on %s within 30s", c.addr)
+}
+
+func (c *controlProc) stop() {
+	if c.cmd != nil && c.cmd.Process != nil {
+		c.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { c.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			c.cmd.Process.Kill()
+			<-done
+		}
+		c.cmd = nil
+	}
+}
+
+// cli runs a control-plane verb of the CLI against this control plane.
+func (c *controlProc) cli(args ...string) (string, error) {
+	args = append(args, "--control", c.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, hmsNode, args...).CombinedOutput()
+	return string(out), err
+}
+
+// listJSON is `list -o json` (DESIGN §7).
+type listJSON struct {
+	Services []struct {
+		Name      string   `json:"name"`
+		Namespace string   `json:"namespace"`
+		VIP       string   `json:"vip"`
+		Ports     []uint32 `json:"ports"`
+		Protocol  string   `json:"protocol"`
+		Instances []struct {
+			Node    string `json:"node"`
+			IP      string `json:"ip"`
+			Port    uint32 `json:"port"`
+			Healthy bool   `json:"healthy"`
+		} `json:"instances"`
+	} `json:"services"`
+}
+
+func (c *controlProc) list() (listJSON, string) {
+	c.t.Helper()
+	out, err := c.cli("list", "-o", "json")
+	if err != nil {
+		c.t.Fatalf("list: %v\n%s", err, out)
+	}
+	var l listJSON
+	if err := json.Unmarshal([]byte(out), &l); err != nil {
+		c.t.Fatalf("list output %q: %v", out, err)
+	}
+	return l, out
+}
+
+// healthyInstances counts the healthy instances of a service in list.
+func (c *controlProc) healthyInstances(svc string) int {
+	l, _ := c.list()
+	n := 0
+	for _, s := range l.Services {
+		if s.Name == svc {
+			for _, in := range s.Instances {
+				if in.Healthy {
+					n++
+				}
+			}
+		}
+	}
+	return n
+}
+
+// waitFor polls cond every 100 ms until it holds or within passes.
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %s waiting for %s", within, what)
+}
+
+func (c *controlProc) apply(manifest string) string {
+	c.t.Helper()
+	f := filepath.Join(c.t.TempDir(), "manifest.yaml")
+	if err := os.WriteFile(f, []byte(manifest), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+	out, err := c.cli("apply", "-f", f)
+	if err != nil {
+		c.t.Fatalf("apply: %v\n%s", err, out)
+	}
+	return out
+}

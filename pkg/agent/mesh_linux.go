@@ -1,0 +1,126 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/hms-node/hms-node/pkg/agent/l4"
+	"github.com/hms-node/hms-node/pkg/api"
+)
+
+// dialAttempts bounds how many endpoints one connection tries before the
+// client is reset.
+const dialAttempts = 3
+
+// serveService relays a connection the application made to a service VIP
+// to a healthy endpoint picked per connection: a pod of this node
+// in-process, one on another node over the network (plain TCP for now),
+// trying another endpoint when a connect fails.
+func (a *Agent) serveService(p *pod, c *net.TCPConn, dst netip.AddrPort) {
+	tgt, ok := a.table.LookupVIP(dst)
+	if !ok {
+		a.log.Info("no service at VIP", "dst", dst)
+		c.SetLinger(0)
+		return
+	}
+	if tgt.External != nil {
+		a.serveExternal(p, c, tgt.External, dst.Port())
+		return
+	}
+	var tried []netip.AddrPort
+	for attempt := 0; attempt < dialAttempts; attempt++ {
+		ep, _, done, ok := a.table.Pick(tgt.Service, tried...)
+		if !ok {
+			break
+		}
+		tried = append(tried, ep)
+		start := time.Now()
+		up, err := a.dialEndpoint(p, ep)
+		if err != nil {
+			done(err, time.Since(start))
+			a.log.Info("endpoint connect failed; trying another", "service", tgt.Service.Name, "endpoint", ep, "error", err)
+			continue
+		}
+		l4.Pipe(c, up)
+		done(nil, time.Since(start))
+		return
+	}
+	a.log.Warn("no healthy endpoint", "service", tgt.Service.Namespace+"/"+tgt.Service.Name, "tried", len(tried))
+	c.SetLinger(0)
+}
+
+// dialEndpoint connects to an endpoint: in-process when a pod of this node
+// serves it, else from inside the calling pod's netns.
+func (a *Agent) dialEndpoint(p *pod, ep netip.AddrPort) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.DialTimeout)
+	defer cancel()
+	if local := a.localPod(ep); local != nil {
+		return local.dialer.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(ep.Port()))))
+	}
+	return p.dialer.DialContext(ctx, "tcp", ep.String())
+}
+
+// serveExternal forwards to a service outside the mesh, originating TLS
+// when its URL is https: the application speaks plaintext to the VIP.
+func (a *Agent) serveExternal(p *pod, c *net.TCPConn, ext *api.ExternalService, port uint16) {
+	u, err := url.Parse(ext.Url)
+	if err != nil {
+		a.log.Warn("external service URL", "name", ext.Name, "error", err)
+		c.SetLinger(0)
+		return
+	}
+	host := u.Hostname()
+	upPort := u.Port()
+	if upPort == "" {
+		upPort = map[bool]string{true: "443", false: "80"}[u.Scheme == "https"]
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.DialTimeout)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip4", host)
+	if err != nil || len(addrs) == 0 {
+		a.log.Warn("resolve external service", "name", ext.Name, "host", host, "error", err)
+		c.SetLinger(0)
+		return
+	}
+	up, err := p.dialer.DialContext(ctx, "tcp", net.JoinHostPort(addrs[0].String(), upPort))
+	if err != nil {
+		a.log.Info("external connect failed", "name", ext.Name, "error", err)
+		c.SetLinger(0)
+		return
+	}
+	if u.Scheme == "https" {
+		tc := tls.Client(up, &tls.Config{ServerName: host, RootCAs: a.externalCAs, MinVersion: tls.VersionTLS12})
+		if err := tc.HandshakeContext(ctx); err != nil {
+			a.log.Warn("TLS to external service", "name", ext.Name, "error", err)
+			up.Close()
+			c.SetLinger(0)
+			return
+		}
+		up = tc
+	}
+	defer up.Close()
+	l4.Pipe(c, up)
+}
+
+// loadCAs reads a PEM bundle for TLS origination; empty = the system pool.
+func loadCAs(path string) (*x509.CertPool, error) {
+	if path == "" {
+		return nil, nil
+	}
+	pool := x509.NewCertPool()
+	data, err := readFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("external CA bundle: %w", err)
+	}
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("external CA bundle %s: no PEM certificates", path)
+	}
+	return pool, nil
+}

@@ -1,0 +1,173 @@
+package registry
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"time"
+
+	"github.com/hms-node/hms-node/pkg/api"
+)
+
+// Passive ejection after connect failures, and the latency assumed for an
+// endpoint not measured yet.
+const (
+	ejectBase   = time.Second
+	ejectMax    = 30 * time.Second
+	defaultRTT  = time.Millisecond
+	ewmaWeightN = 3 // new sample weight, in tenths
+)
+
+// Pick chooses a healthy endpoint of svc by power of two choices: two
+// random candidates, the one with the lower (outstanding+1)×EWMA-latency
+// wins. Endpoints in exclude (already tried) and passively ejected ones
+// are skipped; when every remaining endpoint is ejected, the one whose
+// ejection ends first is tried anyway (like Envoy's panic threshold) rather
+// than failing the call. ok is false when svc has no healthy endpoint left.
+//
+// done must be called exactly once when the connection ends: err != nil
+// means the connect failed, which ejects the endpoint for 1s, doubling per
+// consecutive failure up to 30s; a success resets that and feeds latency
+// (0 = not measured) into the EWMA.
+func (t *Table) Pick(svc *api.Service, exclude ...netip.AddrPort) (ep netip.AddrPort, node string, done func(err error, latency time.Duration), ok bool) {
+	if svc == nil {
+		return netip.AddrPort{}, "", nil, false
+	}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	b := t.bucketLocked(svc.Namespace, svc.Name, false)
+	if b == nil || len(b.healthy) == 0 {
+		return netip.AddrPort{}, "", nil, false
+	}
+	e := t.choose(b.healthy, exclude)
+	if e == nil {
+		return netip.AddrPort{}, "", nil, false
+	}
+	e.active.Add(1)
+	return e.addr, e.node, e.done, true
+}
+
+// choose runs under the read lock.
+func (t *Table) choose(hs []*endpoint, exclude []netip.AddrPort) *endpoint {
+	var now int64 // read the clock only when an endpoint is ejected
+	usable := func(e *endpoint) bool {
+		if excluded(e.addr, exclude) {
+			return false
+		}
+		until := e.ejectUntil.Load()
+		if until == 0 {
+			return true
+		}
+		if now == 0 {
+			now = t.clock()
+		}
+		return until <= now
+	}
+	n := len(hs)
+	var a, c *endpoint
+	if n == 1 {
+		if usable(hs[0]) {
+			return hs[0]
+		}
+	} else {
+		i := rand.IntN(n)
+		j := rand.IntN(n - 1)
+		if j >= i {
+			j++
+		}
+		if usable(hs[i]) {
+			a = hs[i]
+		}
+		if usable(hs[j]) {
+			if a == nil {
+				a = hs[j]
+			} else {
+				c = hs[j]
+			}
+		}
+		if a == nil || (c == nil && n > 2) {
+			// A sampled candidate was ejected or excluded: scan from a random
+			// start for usable ones. Rare, so O(n) is fine.
+			start := rand.IntN(n)
+			for k := 0; k < n && (a == nil || c == nil); k++ {
+				e := hs[(start+k)%n]
+				if e == a || e == c || !usable(e) {
+					continue
+				}
+				if a == nil {
+					a = e
+				} else {
+					c = e
+				}
+			}
+		}
+	}
+	if a == nil {
+		return leastEjected(hs, exclude)
+	}
+	if c != nil && cost(c) < cost(a) {
+		return c
+	}
+	return a
+}
+
+func excluded(addr netip.AddrPort, exclude []netip.AddrPort) bool {
+	for _, x := range exclude {
+		if x == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// leastEjected is the panic fallback: the non-excluded endpoint whose
+// ejection ends first.
+func leastEjected(hs []*endpoint, exclude []netip.AddrPort) *endpoint {
+	var best *endpoint
+	var bestUntil int64
+	for _, e := range hs {
+		if excluded(e.addr, exclude) {
+			continue
+		}
+		if u := e.ejectUntil.Load(); best == nil || u < bestUntil {
+			best, bestUntil = e, u
+		}
+	}
+	return best
+}
+
+func cost(e *endpoint) int64 {
+	rtt := e.ewma.Load()
+	if rtt <= 0 {
+		rtt = int64(defaultRTT)
+	}
+	return (e.active.Load() + 1) * rtt
+}
+
+// release is an endpoint's done.
+func (t *Table) release(e *endpoint, err error, latency time.Duration) {
+	e.active.Add(-1)
+	if err != nil {
+		f := e.failures.Add(1)
+		backoff := ejectMax
+		if f <= 5 { // 1s<<5 = 32s > 30s
+			backoff = min(ejectBase<<(f-1), ejectMax)
+		}
+		e.ejectUntil.Store(t.clock() + int64(backoff))
+		return
+	}
+	if e.failures.Load() != 0 {
+		e.failures.Store(0)
+	}
+	if e.ejectUntil.Load() != 0 {
+		e.ejectUntil.Store(0)
+	}
+	if latency > 0 {
+		// Racing updates may lose a sample; the average stays sound.
+		old := e.ewma.Load()
+		next := int64(latency)
+		if old > 0 {
+			next = old + (int64(latency)-old)*ewmaWeightN/10
+		}
+		e.ewma.Store(next)
+	}
+}

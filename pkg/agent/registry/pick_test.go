@@ -1,0 +1,230 @@
+package registry
+
+import (
+	"errors"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hms-node/hms-node/pkg/api"
+)
+
+// pickTable holds web with the given instances, and a fake clock.
+func pickTable(t *testing.T, insts ...*api.Instance) (*Table, *api.Service, *int64) {
+	t.Helper()
+	tb := NewTable()
+	var now int64 = 1
+	tb.clock = func() int64 { return now }
+	web := svc("", "web", "240.240.0.1", "http", 8080)
+	tb.ApplySnapshot(&api.Snapshot{Revision: 1, Services: []*api.Service{web}, Instances: insts})
+	return tb, web, &now
+}
+
+func TestPickOnlyHealthy(t *testing.T) {
+	tb, web, _ := pickTable(t,
+		inst("", "web", "n1", "10.0.0.1", 8080, true),
+		inst("", "web", "n2", "10.0.0.2", 8080, false),
+		inst("", "web", "n3", "10.0.0.3", 8080, true))
+	seen := map[netip.AddrPort]int{}
+	for range 300 {
+		ep, node, done, ok := tb.Pick(web)
+		if !ok || node == "" {
+			t.Fatal("no pick")
+		}
+		seen[ep]++
+		done(nil, 0)
+	}
+	if seen[ap("10.0.0.2:8080")] != 0 || seen[ap("10.0.0.1:8080")] == 0 || seen[ap("10.0.0.3:8080")] == 0 {
+		t.Fatalf("picks: %v", seen)
+	}
+	// Health flips are honoured; none healthy = no pick.
+	tb.ApplyDelta(&api.Delta{Revision: 2, Changes: []*api.Change{
+		change("/hms/v1/instances/default/web/n1/a", inst("", "web", "n1", "10.0.0.1", 8080, false)),
+		change("/hms/v1/instances/default/web/n3/b", inst("", "web", "n3", "10.0.0.3", 8080, false)),
+	}})
+	if _, _, _, ok := tb.Pick(web); ok {
+		t.Fatal("picked with no healthy endpoint")
+	}
+	if _, _, _, ok := tb.Pick(svc("", "ghost", "", "", 1)); ok {
+		t.Fatal("picked for an unknown service")
+	}
+}
+
+func TestPickPrefersLeastLoaded(t *testing.T) {
+	a, b, c := ap("10.0.0.1:8080"), ap("10.0.0.2:8080"), ap("10.0.0.3:8080")
+	tb, web, _ := pickTable(t,
+		inst("", "web", "n1", "10.0.0.1", 8080, true),
+		inst("", "web", "n2", "10.0.0.2", 8080, true),
+		inst("", "web", "n3", "10.0.0.3", 8080, true))
+	// Hold 5 connections on b and 10 on c (exclude steers the picks).
+	hold := func(to netip.AddrPort, n int, not ...netip.AddrPort) {
+		for range n {
+			ep, _, _, ok := tb.Pick(web, not...)
+			if !ok || ep != to {
+				t.Fatalf("held pick went to %v, want %v", ep, to)
+			}
+		}
+	}
+	hold(b, 5, a, c)
+	hold(c, 10, a, b)
+	const n = 3000
+	seen := map[netip.AddrPort]int{}
+	for range n {
+		ep, _, done, _ := tb.Pick(web)
+		seen[ep]++
+		done(nil, 0)
+	}
+	t.Logf("picks with b=5, c=10 held: %v", seen)
+	// P2C: a wins whenever sampled (2/3), c never wins a pair.
+	if seen[a] < n*55/100 || seen[c] != 0 {
+		t.Fatalf("P2C spread: %v", seen)
+	}
+}
+
+func TestPickPrefersLowLatency(t *testing.T) {
+	tb, web, _ := pickTable(t,
+		inst("", "web", "n1", "10.0.0.1", 8080, true),
+		inst("", "web", "n2", "10.0.0.2", 8080, true))
+	fast, slow := ap("10.0.0.1:8080"), ap("10.0.0.2:8080")
+	seen := map[netip.AddrPort]int{}
+	for range 1000 {
+		ep, _, done, _ := tb.Pick(web)
+		seen[ep]++
+		if ep == fast {
+			done(nil, time.Millisecond)
+		} else {
+			done(nil, 50*time.Millisecond)
+		}
+	}
+	t.Logf("picks, 1ms vs 50ms: %v", seen)
+	if seen[fast] < 900 || seen[slow] == 0 {
+		t.Fatalf("EWMA: %v", seen)
+	}
+}
+
+func TestPickEjectsAfterConnectFailure(t *testing.T) {
+	good, bad := ap("10.0.0.1:8080"), ap("10.0.0.2:8080")
+	tb, web, now := pickTable(t,
+		inst("", "web", "n1", "10.0.0.1", 8080, true),
+		inst("", "web", "n2", "10.0.0.2", 8080, true))
+	fail := func() {
+		t.Helper()
+		ep, _, done, ok := tb.Pick(web, good)
+		if !ok || ep != bad {
+			t.Fatalf("forced pick = %v %v", ep, ok)
+		}
+		done(errors.New("connection refused"), 0)
+	}
+	// probe picks until it gets bad; the trial connection to bad fails
+	// again when failAgain is set.
+	probe := func(failAgain bool) bool {
+		for range 200 {
+			ep, _, done, _ := tb.Pick(web)
+			if ep == bad && failAgain {
+				done(errors.New("connection refused"), 0)
+				return true
+			}
+			done(nil, 0)
+			if ep == bad {
+				return true
+			}
+		}
+		return false
+	}
+	advance := func(d time.Duration) { *now += int64(d) }
+
+	// Consecutive failures eject for 1s, 2s, 4s ... capped at 30s.
+	fail()
+	for i, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second,
+		16 * time.Second, 30 * time.Second, 30 * time.Second} {
+		advance(want - time.Millisecond)
+		if probe(true) {
+			t.Fatalf("failure %d: picked before %v", i+1, want)
+		}
+		advance(time.Millisecond)
+		if !probe(true) {
+			t.Fatalf("failure %d: not back after %v", i+1, want)
+		}
+	}
+	// A success resets the count: the next failure ejects for 1s again.
+	advance(30 * time.Second)
+	if !probe(false) {
+		t.Fatal("not back after 30s")
+	}
+	fail()
+	advance(time.Second)
+	if !probe(false) {
+		t.Fatal("backoff not reset by a success")
+	}
+	// When every endpoint is ejected, the one ejected first is still tried.
+	fail()
+	advance(10 * time.Millisecond)
+	ep, _, done, _ := tb.Pick(web, bad)
+	done(errors.New("refused"), 0)
+	if ep != good {
+		t.Fatalf("forced pick of good = %v", ep)
+	}
+	if ep, _, _, ok := tb.Pick(web); !ok || ep != bad {
+		t.Fatalf("panic fallback = %v %v, want the endpoint ejected first", ep, ok)
+	}
+	if _, _, _, ok := tb.Pick(web, good, bad); ok {
+		t.Fatal("picked with every endpoint excluded")
+	}
+}
+
+func TestPickNoAllocs(t *testing.T) {
+	tb, web, _ := pickTable(t,
+		inst("", "web", "n1", "10.0.0.1", 8080, true),
+		inst("", "web", "n2", "10.0.0.2", 8080, true),
+		inst("", "web", "n3", "10.0.0.3", 8080, true))
+	ex := ap("10.0.0.1:8080")
+	if a := testing.AllocsPerRun(1000, func() {
+		_, _, done, _ := tb.Pick(web, ex)
+		done(nil, time.Millisecond)
+	}); a != 0 {
+		t.Fatalf("Pick allocates %v", a)
+	}
+}
+
+// TestConcurrentLookupsAndUpdates runs lookups and picks while deltas flip
+// health and snapshots replace the table; run with -race.
+func TestConcurrentLookupsAndUpdates(t *testing.T) {
+	tb, web, _ := pickTable(t,
+		inst("", "web", "n1", "10.0.0.1", 8080, true),
+		inst("", "web", "n2", "10.0.0.2", 8080, true))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				tb.LookupVIP(ap("240.240.0.1:80"))
+				tb.LookupName("web.svc")
+				if _, _, done, ok := tb.Pick(web); ok {
+					done(nil, time.Microsecond)
+				}
+			}
+		}()
+	}
+	for i := int64(2); i < 500; i++ {
+		if i%100 == 0 {
+			tb.ApplySnapshot(&api.Snapshot{Revision: i, Services: []*api.Service{web},
+				Instances: []*api.Instance{inst("", "web", "n1", "10.0.0.1", 8080, true)}})
+			continue
+		}
+		tb.ApplyDelta(&api.Delta{Revision: i, Changes: []*api.Change{
+			change("/hms/v1/instances/default/web/n2/b", inst("", "web", "n2", "10.0.0.2", 8080, i%2 == 0))}})
+	}
+	close(stop)
+	wg.Wait()
+	if tb.Revision() != 499 {
+		t.Fatalf("revision %d", tb.Revision())
+	}
+}
