@@ -41,11 +41,11 @@ func TestPrivilegedManifestsThroughTheCLI(t *testing.T) {
 	}
 
 	bad := map[string]struct{ yaml, want string }{
-		"unknown key": {"name: a-svc\nport: 7000\nreplicas: 3\n", ":3: replicas"},
-		"wrong type":  {"name: a-svc\nport: abc\n", ":2: port"},
-		"bad timeout": {"name: a-svc\nport: 7000\nmesh: {timeout: soon}\n", ":3: mesh.timeout"},
-		"port range":  {"name: a-svc\nport: 70000\n", ":2: port"},
-		"name twice":  {"name: a-svc\nport: 7000\n---\nname: a-svc\nport: 7001\n", ":4: name"},
+		"unknown key":                {"name: a-svc\nport: 7000\nreplicas: 3\n", ":3: replicas"},
+		"wrong type":                 {"name: a-svc\nport: abc\n", ":2: port"},
+		"bad timeout":                {"name: a-svc\nport: 7000\nmesh: {timeout: soon}\n", ":3: mesh.timeout"},
+		"port range":                 {"name: a-svc\nport: 70000\n", ":2: port"},
+		"name twice":                 {"name: a-svc\nport: 7000\n---\nname: a-svc\nport: 7001\n", ":4: name"},
 		"second doc bad, first fine": {"name: ok-svc\nport: 7000\n---\nname: b-svc\nport: 7000\nmesh: {retries: many}\n", ":6: mesh.retries"},
 	}
 	for name, tc := range bad {

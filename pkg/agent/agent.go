@@ -126,7 +126,7 @@ type Agent struct {
 	dns         *dns.Server
 	externalCAs *x509.CertPool
 
-	vipMu sync.Mutex // guards vips
+	vipMu sync.Mutex                // guards vips
 	vips  map[netip.AddrPort]uint32 // what hms_vips holds
 }
 
@@ -143,7 +143,7 @@ func New(cfg Config, dp Datapath) (*Agent, error) {
 	table := registry.NewTable()
 	return &Agent{
 		cfg: cfg, dp: dp, log: cfg.Log.With("node", cfg.Node), table: table, externalCAs: cas,
-		dns: &dns.Server{Resolver: table, Upstreams: cfg.DNSUpstreams, Log: cfg.Log},
+		dns:  &dns.Server{Resolver: table, Upstreams: cfg.DNSUpstreams, Log: cfg.Log},
 		pods: map[string]*pod{}, degraded: map[string]degradedPod{},
 		byAddr: map[netip.AddrPort]*pod{}, handover: make(chan struct{}),
 	}, nil
