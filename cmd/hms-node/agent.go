@@ -69,6 +69,7 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&cfg.Control, "control", "", "control-plane address host:port (empty: standalone, no registry)")
 	f.StringSliceVar(&cfg.DNSUpstreams, "dns-upstream", nil, "resolvers for names outside the mesh, ip:port (default: the node's resolv.conf)")
 	f.DurationVar(&cfg.ProbeInterval, "probe-interval", 0, "health-check interval of services that set none (default 10s)")
+	f.Var(addrValue{&cfg.HostIP}, "host-ip", "address dev-mode workloads are registered at (default 127.0.0.1: this node only)")
 	f.StringVar(&cfg.ExternalCA, "external-ca", "", "PEM bundle to verify external https services against (default: system roots)")
 	return cmd
 }
@@ -93,3 +94,24 @@ func (v prefixValue) Set(s string) error {
 }
 
 func (prefixValue) Type() string { return "cidr" }
+
+// addrValue is a pflag.Value for a netip.Addr.
+type addrValue struct{ a *netip.Addr }
+
+func (v addrValue) String() string {
+	if v.a == nil || !v.a.IsValid() {
+		return ""
+	}
+	return v.a.String()
+}
+
+func (v addrValue) Set(s string) error {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return err
+	}
+	*v.a = a
+	return nil
+}
+
+func (addrValue) Type() string { return "ip" }

@@ -32,6 +32,9 @@ type Datapath interface {
 	SetVIP(vp netip.AddrPort, id uint32) error
 	DeleteVIP(vp netip.AddrPort) error
 	VIPs() (map[netip.AddrPort]uint32, error)
+	EnrollCgroup(dir string, outbound, dns uint16) (uint64, error)
+	UnenrollCgroup(id uint64) error
+	CgroupRoot() string
 	Close() error
 }
 
@@ -67,6 +70,9 @@ type Config struct {
 	// ExternalCA is a PEM bundle that TLS to external services is
 	// verified against; default the system roots.
 	ExternalCA string
+	// HostIP is the address dev-mode workloads (host processes) are
+	// registered at; default 127.0.0.1 (reachable from this node only).
+	HostIP netip.Addr
 	// Version is reported by status.
 	Version string
 	// Log receives the agent's events; default slog.Default().
@@ -88,6 +94,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = 30 * time.Second
+	}
+	if !c.HostIP.IsValid() {
+		c.HostIP = hostIPDefault
 	}
 	if c.ProbeInterval == 0 {
 		c.ProbeInterval = 10 * time.Second

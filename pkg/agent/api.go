@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/hms-node/hms-node/pkg/agent/localapi"
@@ -148,7 +149,68 @@ func (a *Agent) handler() http.Handler {
 		}
 		localapi.WriteJSON(w, http.StatusOK, struct{}{})
 	})
+	mux.HandleFunc("POST /v1/dev", func(w http.ResponseWriter, r *http.Request) {
+		var req DevRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		dw, err := a.EnrollDev(req)
+		if err != nil {
+			localapi.WriteError(w, codeOf(err), err)
+			return
+		}
+		localapi.WriteJSON(w, http.StatusOK, dw)
+	})
+	mux.HandleFunc("POST /v1/dev/remove", func(w http.ResponseWriter, r *http.Request) {
+		var req DevWorkload
+		if !decode(w, r, &req) {
+			return
+		}
+		if err := a.RemoveDev(req.ID); err != nil {
+			localapi.WriteError(w, codeOf(err), err)
+			return
+		}
+		localapi.WriteJSON(w, http.StatusOK, struct{}{})
+	})
+	mux.HandleFunc("GET /v1/lookup", func(w http.ResponseWriter, r *http.Request) {
+		res, err := a.Lookup(r.URL.Query().Get("name"))
+		if err != nil {
+			localapi.WriteError(w, http.StatusNotFound, err)
+			return
+		}
+		localapi.WriteJSON(w, http.StatusOK, res)
+	})
 	return mux
+}
+
+// LookupResult is what pkg/client's Discover returns: a service's mesh
+// address and its healthy endpoints, from the agent's registry table.
+type LookupResult struct {
+	Name      string   `json:"name"`
+	Namespace string   `json:"namespace"`
+	VIP       string   `json:"vip"`
+	Ports     []uint32 `json:"ports"`
+	Protocol  string   `json:"protocol"`
+	Healthy   int      `json:"healthy_endpoints"`
+}
+
+// Lookup resolves "svc" or "svc.ns" in the agent's table.
+func (a *Agent) Lookup(name string) (LookupResult, error) {
+	svc, ns, _ := strings.Cut(name, ".")
+	if ns == "" {
+		ns = "default"
+	}
+	s := a.table.Service(ns, svc)
+	if s == nil {
+		return LookupResult{}, fmt.Errorf("no service %s/%s in the registry", ns, svc)
+	}
+	healthy := 0
+	for _, in := range a.table.Endpoints(ns, svc) {
+		if in.Healthy {
+			healthy++
+		}
+	}
+	return LookupResult{Name: s.Name, Namespace: s.Namespace, VIP: s.Vip, Ports: s.Ports, Protocol: s.Protocol, Healthy: healthy}, nil
 }
 
 func codeOf(err error) int {

@@ -148,6 +148,10 @@ func (a *Agent) stopPodLocked(p *pod) error {
 	for _, port := range p.spec.Ports {
 		delete(a.byAddr, netip.AddrPortFrom(p.spec.IP, port))
 	}
+	if p.dev {
+		p.stop()
+		return a.dp.UnenrollCgroup(p.cgroupID)
+	}
 	err := a.dp.UnenrollPod(p.spec.datapath())
 	p.stop()
 	p.dialer.Close()
@@ -254,7 +258,9 @@ func removeBlackhole(nsPath string, vips netip.Prefix) error {
 func (a *Agent) saveLocked() error {
 	specs := make([]PodSpec, 0, len(a.pods)+len(a.degraded))
 	for _, p := range a.pods {
-		specs = append(specs, p.spec)
+		if !p.dev { // dev workloads end with their process
+			specs = append(specs, p.spec)
+		}
 	}
 	for _, d := range a.degraded {
 		specs = append(specs, d.spec)

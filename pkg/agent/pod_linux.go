@@ -52,6 +52,9 @@ type pod struct {
 
 	dns4, dns6 *net.UDPConn // 127.0.0.1:15053, [::1]:15053
 
+	dev      bool   // a host process group (hms-node dev), not a netns
+	cgroupID uint64 // dev only
+
 	monitors     []*health.Monitor
 	stopMonitors func()
 

@@ -168,6 +168,9 @@ func (a *Agent) offer(conn *net.UnixConn) bool {
 	specs := make([]PodSpec, 0, len(a.pods)+len(a.degraded))
 	var socks []handover.Socket
 	for _, p := range a.pods {
+		if p.dev {
+			continue // dev workloads stay with the agent that runs them
+		}
 		specs = append(specs, p.spec)
 		for name, l := range p.ln {
 			socks = append(socks, handover.Socket{Name: podSock(p.spec.Cookie, name), Conn: l})

@@ -322,5 +322,8 @@ func (d *Datapath) PinPath() string { return d.cfg.BPFFS }
 // Accel tells whether sk_msg acceleration is on.
 func (d *Datapath) Accel() bool { return !d.cfg.NoAccel }
 
+// CgroupRoot is the cgroup v2 directory whose processes are steered.
+func (d *Datapath) CgroupRoot() string { return d.cfg.CgroupRoot }
+
 // Mark is the socket mark the agent's own sockets must carry.
 func (d *Datapath) Mark() uint32 { return d.cfg.Mark }
