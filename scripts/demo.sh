@@ -1,32 +1,53 @@
 #!/usr/bin/env bash
-# demo.sh up|down — hms-node on one machine, in namespaces of its own.
+# demo.sh up|down — an hms-node mesh on one machine, in namespaces of its own.
 #
-# up: builds bin/, makes a node netns with a bridge (10.251.1.1/24) and two
-# pods on it (hmsdemo-client 10.251.1.2, hmsdemo-server 10.251.1.3), each
-# with a cgroup v2 dir under the node's, starts the agent (root netns) and an
-# HTTP server in the server pod, enrolls both pods, then runs an unmodified
-# curl in the client pod. Its connection is rewritten by the agent's
-# cgroup/connect4 program into the agent's in-pod listener; `status` shows the
-# `redirected` counter that proves it.
+# up: builds bin/, starts the control plane (embedded etcd on loopback ports
+# of its own), builds two simulated nodes joined by a fabric:
+#
+#   hmsdemo-client 10.251.1.2                      hmsdemo-notify 10.251.2.2
+#         | eth0                                         | eth0
+#   [hmsdemo-n1 br0 10.251.1.1]                    [hmsdemo-n2 br0 10.251.2.1]
+#         | fab0 10.251.255.1                            | fab0 10.251.255.2
+#         +----------------- [hmsdemo-fab br0] ----------+
+#
+# starts one agent per node (root netns, each steering its node's cgroup
+# subtree), applies a manifest for notify-svc, runs an HTTP server in the
+# notify pod, enrolls both pods and runs an unmodified
+# `curl http://notify-svc.svc/sms` in the client pod: the name is answered by
+# agent n1's DNS redirect, the connection to the VIP is rewritten into agent
+# n1, carried over HBONE (mTLS) to agent n2 and delivered to the server.
 #
 # down: removes all of it; safe to run twice or after a failed up.
 #
-# Traffic stays inside these namespaces: pods have no default route and
-# blackhole the VIP range; nothing is added to the root netns.
+# Traffic stays inside these namespaces and on loopback: pods have no default
+# route, every pod and node netns blackholes the VIP range, the agents' DNS
+# upstream is a dead loopback port, and nothing is added to the root netns.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 readonly run_dir=/tmp/hmsdemo
-readonly bpffs=/sys/fs/bpf/hmsdemo
-readonly sock=$run_dir/agent.sock
-readonly metrics=127.0.0.1:15920
-readonly node_ns=hmsdemo-node client_ns=hmsdemo-client server_ns=hmsdemo-server
-readonly bridge=br0 gw=10.251.1.1 client_ip=10.251.1.2 server_ip=10.251.1.3
-readonly pod_range=10.251.0.0/16 vip_range=240.240.0.0/16
-readonly server_port=8080
-hms=$repo/bin/hms-node
+readonly control_dir=$run_dir/control
+readonly control_addr=127.0.0.1:19090 control_http=127.0.0.1:19091
+readonly etcd_client_port=22379 etcd_peer_port=22380
+readonly nodes=(n1 n2)
+readonly fab_ns=hmsdemo-fab
+readonly bridge=br0 pod_range=10.251.0.0/16 vip_range=240.240.0.0/16
+readonly svc=notify-svc svc_port=7000
+readonly svc_body="hello from notify-svc on node n2"
+hms_bin=$repo/bin/hms-node
 testapp=$repo/bin/hms-testapp
+
+# Per node: its index (subnets 10.251.<i>.0/24, fabric 10.251.255.<i>),
+# agent socket, metrics address, bpffs pin dir.
+node_index() { echo "${1#n}"; }
+sock_of() { echo "$run_dir/$1/agent.sock"; }
+metrics_of() { echo "127.0.0.1:$((15920 + $(node_index "$1")))"; }
+bpffs_of() { echo "/sys/fs/bpf/hmsdemo-$1"; }
+
+# The CLI always uses the demo's admin config, never ~/.hms/config.
+export HMS_CONFIG=$control_dir/admin.yaml
+hms() { "$hms_bin" "$@"; }
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'demo: FAIL: %s\n' "$*" >&2; exit 1; }
@@ -40,8 +61,9 @@ cgroup2_mount() {
 
 cg2=$(cgroup2_mount)
 [[ -n $cg2 ]] || die "no cgroup2 filesystem mounted (mount -t cgroup2 none /sys/fs/cgroup)"
-readonly cg_node=$cg2/hmsdemo          # --cgroup-root: the node; pods below it
-readonly cg_agent=$cg2/hmsdemo-agent   # the agent's own, outside the node's
+readonly cg_nodes=$cg2/hmsdemo             # <node> = --cgroup-root; pods below it
+readonly cg_agents=$cg2/hmsdemo-agent      # <node>: each agent's own, outside the nodes'
+readonly cg_control=$cg2/hmsdemo-control   # the control plane
 
 # spawn CGROUP PIDFILE NETNS|"" CMD... starts CMD in the background in its own
 # session, moved into CGROUP before it execs (so cgroup programs see it from
@@ -57,31 +79,81 @@ spawn() {
 		exec nsenter --net="$ns" -- "$@"' sh "$@" </dev/null &
 }
 
-# in_pod POD CMD... runs CMD in the foreground in the pod's cgroup and netns.
+# in_pod NODE POD CMD... runs CMD in the foreground in the pod's cgroup and netns.
+# shellcheck disable=SC2016
 in_pod() {
-	local pod=$1
-	shift
+	local node=$1 pod=$2
+	shift 2
 	sh -c 'echo $$ >"$1/cgroup.procs" || exit 1; ns=$2; shift 2; exec nsenter --net="$ns" -- "$@"' \
-		sh "$cg_node/$pod" "/run/netns/hmsdemo-$pod" "$@"
+		sh "$cg_nodes/$node/$pod" "/run/netns/hmsdemo-$pod" "$@"
 }
 
-# wait_for SECONDS WHAT CMD... polls CMD every 0.1s.
+# in_ns NETNS CMD... runs CMD in a netns without remounting /sys.
+in_ns() {
+	local ns=$1
+	shift
+	nsenter --net="/run/netns/$ns" -- "$@"
+}
+
+# wait_for SECONDS WHAT CMD... polls CMD every 0.2s.
 wait_for() {
 	local deadline=$((SECONDS + $1)) what=$2
 	shift 2
 	until "$@" >/dev/null 2>&1; do
 		((SECONDS < deadline)) || { echo "demo: timed out waiting for $what" >&2; return 1; }
-		sleep 0.1
+		sleep 0.2
 	done
 }
 
+alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# wait_ready SECONDS WHAT PIDFILE CMD... polls CMD until it succeeds; fails
+# at once when the process of PIDFILE dies.
+wait_ready() {
+	local deadline=$((SECONDS + $1)) what=$2 pidfile=$3
+	shift 3
+	wait_for 5 "the pid file of $what" test -s "$pidfile" || die "$what did not start"
+	until "$@" >/dev/null 2>&1; do
+		if ! alive "$pidfile"; then
+			sleep 0.2 # let its last words reach the log
+			die "$what exited while starting"
+		fi
+		((SECONDS < deadline)) || die "$what was not ready within $1s"
+		sleep 0.2
+	done
+}
+
+control_ready() { hms list --control "$control_addr" >/dev/null 2>&1; }
+
 agent_ready() {
+	local sock metrics
+	sock=$(sock_of "$1") metrics=$(metrics_of "$1")
 	[[ -S $sock ]] &&
-		"$hms" status --socket "$sock" >/dev/null 2>&1 &&
+		hms status --socket "$sock" >/dev/null 2>&1 &&
 		curl -sf --noproxy '*' --max-time 2 "http://$metrics/readyz" >/dev/null 2>&1
 }
 
-alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# flat prints stdin as one line without blanks (JSON from our own tools:
+# no blanks inside the strings we look at).
+flat() { tr -d ' \t\r\n'; }
+
+# service_json prints the flattened `list -o json` entry of service $svc.
+service_json() {
+	hms list -o json --control "$control_addr" 2>/dev/null | flat |
+		awk -v key="\"name\":\"$svc\"" '{ i = index($0, key); if (i) { s = substr($0, i + length(key)); j = index(s, "\"name\":"); print (j ? substr(s, 1, j - 1) : s) } }'
+}
+
+svc_healthy() { service_json | grep -q '"node":"n2".*"healthy":true'; }
+
+agent_synced() {
+	hms status --socket "$(sock_of n1)" -o json 2>/dev/null | flat | grep -q '"connected":true'
+}
+
+# counter SOCK NAME prints a datapath counter of the agent at SOCK.
+counter() {
+	hms status --socket "$1" -o json 2>/dev/null | flat |
+		sed -n "s/.*\"$2\":\([0-9][0-9]*\).*/\1/p" | head -n 1
+}
 
 # cg_procs DIR prints the pids in cgroup DIR and every cgroup below it.
 cg_procs() {
@@ -123,24 +195,28 @@ rm_cgroup() {
 }
 
 down() {
-	local rc=0 ns
-	# Pods first (nothing of theirs needs a goodbye), then the agent, which
-	# gets SIGTERM and time to shut down.
-	stop_cgroup "$cg_node" 2
-	stop_cgroup "$cg_agent" 15
-	if [[ -d $bpffs ]]; then
-		if [[ -x $hms ]]; then
-			"$hms" agent --cleanup --bpffs "$bpffs" >/dev/null || rc=1
+	local rc=0 ns dir
+	# Pods first (nothing of theirs needs a goodbye), then the agents, which
+	# get SIGTERM and time to shut down, then the control plane.
+	stop_cgroup "$cg_nodes" 2
+	stop_cgroup "$cg_agents" 15
+	stop_cgroup "$cg_control" 15
+	# /sys/fs/bpf/hmsdemo is the pin dir of the earlier single-node demo.
+	for dir in /sys/fs/bpf/hmsdemo /sys/fs/bpf/hmsdemo-*; do
+		[[ -d $dir ]] || continue
+		if [[ -x $hms_bin ]]; then
+			hms agent --cleanup --bpffs "$dir" >/dev/null || rc=1
 		fi
 		# Whatever the cleanup left (or all of it, without a binary): pins
 		# are files, and unlinking the last one detaches a link.
-		rm -rf "$bpffs" || rc=1
-	fi
+		rm -rf "$dir" || rc=1
+	done
 	for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^hmsdemo-/ {print $1}'); do
 		ip netns del "$ns" || rc=1
 	done
-	rm_cgroup "$cg_node" || rc=1
-	rm_cgroup "$cg_agent" || rc=1
+	rm_cgroup "$cg_nodes" || rc=1
+	rm_cgroup "$cg_agents" || rc=1
+	rm_cgroup "$cg_control" || rc=1
 	rm -rf "$run_dir"
 	return "$rc"
 }
@@ -151,17 +227,37 @@ add_netns() {
 	ip -n "$1" route replace blackhole "$vip_range"
 }
 
-add_pod() {
-	local pod=$1 addr=$2 ns=hmsdemo-$1
+# add_node NODE: netns hmsdemo-NODE with bridge 10.251.<i>.1/24, forwarding
+# on, and fab0 (10.251.255.<i>) on the fabric bridge.
+add_node() {
+	local node=$1 i ns=hmsdemo-$1
+	i=$(node_index "$node")
 	add_netns "$ns"
+	ip -n "$ns" link add "$bridge" type bridge
+	ip -n "$ns" addr add "10.251.$i.1/24" dev "$bridge"
+	ip -n "$ns" link set "$bridge" up
 	# Both veth ends are created in their own namespaces: nothing appears in
 	# the root netns, even for a moment.
-	ip -n "$node_ns" link add "veth-$pod" type veth peer name eth0 netns "$ns"
-	ip -n "$node_ns" link set "veth-$pod" master "$bridge" up
+	ip -n "$ns" link add fab0 type veth peer name "$node" netns "$fab_ns"
+	ip -n "$fab_ns" link set "$node" master "$bridge" up
+	ip -n "$ns" addr add "10.251.255.$i/24" dev fab0
+	ip -n "$ns" link set fab0 up
+	in_ns "$ns" sh -c 'echo 1 >/proc/sys/net/ipv4/ip_forward'
+	mkdir -p "$cg_nodes/$node" "$cg_agents/$node" "$run_dir/$node/state"
+}
+
+# add_pod NODE POD ADDR: netns hmsdemo-POD on NODE's bridge, a route for the
+# pod range via the node, no default route.
+add_pod() {
+	local node=$1 pod=$2 addr=$3 ns=hmsdemo-$2 gw
+	gw=10.251.$(node_index "$node").1
+	add_netns "$ns"
+	ip -n "hmsdemo-$node" link add "veth-$pod" type veth peer name eth0 netns "$ns"
+	ip -n "hmsdemo-$node" link set "veth-$pod" master "$bridge" up
 	ip -n "$ns" addr add "$addr/24" dev eth0
 	ip -n "$ns" link set eth0 up
 	ip -n "$ns" route add "$pod_range" via "$gw" dev eth0
-	mkdir "$cg_node/$pod"
+	mkdir "$cg_nodes/$node/$pod"
 }
 
 build() {
@@ -175,10 +271,25 @@ build() {
 }
 
 on_up_error() {
+	local log
 	echo >&2
-	echo "demo: up failed. Logs: $run_dir/*.log. Last agent log lines:" >&2
-	tail -n 20 "$run_dir/agent.log" >&2 2>/dev/null || true
+	echo "demo: up failed. Logs: $run_dir/*.log" >&2
+	for log in "$run_dir"/n1/agent.log "$run_dir"/n2/agent.log "$run_dir"/control.log; do
+		[[ -s $log ]] || continue
+		echo "demo: last lines of $log:" >&2
+		tail -n 20 "$log" >&2 || true
+	done
 	echo "demo: clean up with: bash scripts/demo.sh down" >&2
+}
+
+start_agent() {
+	local node=$1
+	spawn "$cg_agents/$node" "$run_dir/$node/agent.pid" "" "$hms_bin" agent \
+		--node "$node" --cgroup-root "$cg_nodes/$node" --bpffs "$(bpffs_of "$node")" \
+		--state-dir "$run_dir/$node/state" --socket "$(sock_of "$node")" \
+		--metrics-addr "$(metrics_of "$node")" --control "$control_addr" \
+		--probe-interval 2s --dns-upstream 127.0.0.1:1 \
+		>"$run_dir/$node/agent.log" 2>&1
 }
 
 up() {
@@ -187,6 +298,7 @@ up() {
 	if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
 		export PATH=$PATH:/usr/local/go/bin
 	fi
+	[[ -e /etc/resolv.conf ]] || die "/etc/resolv.conf is missing: the client pod's resolver is bind-mounted over it"
 
 	say "building bin/hms-node and bin/hms-testapp"
 	build
@@ -199,66 +311,102 @@ up() {
 	if ! grep -qs ' /sys/fs/bpf bpf ' /proc/self/mounts; then
 		mount -t bpf bpf /sys/fs/bpf
 	fi
-	mkdir -p "$run_dir/state"
+	mkdir -p "$control_dir" "$cg_control"
 
-	say "topology: node netns $node_ns (bridge $gw/24), pods $client_ns ($client_ip) and $server_ns ($server_ip)"
-	mkdir "$cg_node" "$cg_agent"
-	add_netns "$node_ns"
-	ip -n "$node_ns" link add "$bridge" type bridge
-	ip -n "$node_ns" addr add "$gw/24" dev "$bridge"
-	ip -n "$node_ns" link set "$bridge" up
-	add_pod client "$client_ip"
-	add_pod server "$server_ip"
-	echo "    cgroups: $cg_node/{client,server}, agent in $cg_agent"
+	say "starting the control plane on $control_addr (log: $run_dir/control.log)"
+	# HOME=$run_dir: the default client config it writes when ~/.hms/config
+	# is absent lands in $run_dir/.hms, not in the real home.
+	spawn "$cg_control" "$run_dir/control.pid" "" env HOME="$run_dir" "$hms_bin" control \
+		--data-dir "$control_dir" --listen "$control_addr" --http-addr "$control_http" \
+		--etcd-client-port "$etcd_client_port" --etcd-peer-port "$etcd_peer_port" \
+		>"$run_dir/control.log" 2>&1
+	wait_ready 60 "the control plane" "$run_dir/control.pid" control_ready
+	echo "    admin config: $HMS_CONFIG"
 
-	say "starting the agent (log: $run_dir/agent.log)"
-	spawn "$cg_agent" "$run_dir/agent.pid" "" "$hms" agent \
-		--node demo-node --cgroup-root "$cg_node" --bpffs "$bpffs" \
-		--state-dir "$run_dir/state" --socket "$sock" --metrics-addr "$metrics" \
-		>"$run_dir/agent.log" 2>&1
-	wait_for 5 "agent pid file" test -s "$run_dir/agent.pid"
-	# Ready = the local API answers and /readyz says so; an agent that dies
-	# while starting (a port in use, no BPF) fails the demo at once.
-	local deadline=$((SECONDS + 30))
-	until agent_ready; do
-		if ! alive "$run_dir/agent.pid"; then
-			sleep 0.2 # let its last words reach the log
-			die "the agent exited while starting"
-		fi
-		((SECONDS < deadline)) || die "the agent was not ready within 30s; see $run_dir/agent.log"
-		sleep 0.1
+	say "topology: nodes hmsdemo-n1 (10.251.1.0/24) and hmsdemo-n2 (10.251.2.0/24) on fabric $fab_ns"
+	add_netns "$fab_ns"
+	ip -n "$fab_ns" link add "$bridge" type bridge
+	ip -n "$fab_ns" link set "$bridge" up
+	add_node n1
+	add_node n2
+	ip -n hmsdemo-n1 route add 10.251.2.0/24 via 10.251.255.2 dev fab0
+	ip -n hmsdemo-n2 route add 10.251.1.0/24 via 10.251.255.1 dev fab0
+	add_pod n1 client 10.251.1.2
+	add_pod n2 notify 10.251.2.2
+	echo "    pods: hmsdemo-client 10.251.1.2 on n1, hmsdemo-notify 10.251.2.2 on n2"
+	echo "    cgroups: $cg_nodes/{n1/client,n2/notify}, agents in $cg_agents/{n1,n2}"
+
+	local node
+	for node in "${nodes[@]}"; do
+		say "starting agent $node (log: $run_dir/$node/agent.log, metrics: $(metrics_of "$node"))"
+		start_agent "$node"
+	done
+	for node in "${nodes[@]}"; do
+		wait_ready 30 "agent $node" "$run_dir/$node/agent.pid" agent_ready "$node"
 	done
 
-	say "starting the HTTP server in $server_ns (:$server_port)"
-	spawn "$cg_node/server" "$run_dir/server.pid" "/run/netns/$server_ns" \
-		"$testapp" http --addr ":$server_port" --body "hello from the server pod" \
-		>"$run_dir/server.log" 2>&1
-	wait_for 10 "the server to listen" \
-		sh -c "nsenter --net=/run/netns/$server_ns -- ss -Htln 'sport = :$server_port' | grep -q ."
+	say "bin/hms-node apply -f $run_dir/notify.yaml"
+	cat >"$run_dir/notify.yaml" <<-YAML
+		service: {name: $svc, port: $svc_port}
+		protocol: http
+		health: {path: /healthz, interval: 2s}
+	YAML
+	sed 's/^/    /' "$run_dir/notify.yaml"
+	hms apply -f "$run_dir/notify.yaml" --control "$control_addr"
 
-	say "enrolling the pods"
-	"$hms" enroll --socket "$sock" --netns "/run/netns/$client_ns" --service client
-	"$hms" enroll --socket "$sock" --netns "/run/netns/$server_ns" --service server --port "$server_port"
+	say "starting the HTTP server in hmsdemo-notify (:$svc_port)"
+	spawn "$cg_nodes/n2/notify" "$run_dir/notify.pid" /run/netns/hmsdemo-notify \
+		"$testapp" http --addr ":$svc_port" --body "$svc_body" \
+		>"$run_dir/notify.log" 2>&1
+	wait_ready 10 "the notify server" "$run_dir/notify.pid" \
+		sh -c "nsenter --net=/run/netns/hmsdemo-notify -- ss -Htln 'sport = :$svc_port' | grep -q ."
 
-	say "in $client_ns: curl -sS --max-time 5 http://$server_ip:$server_port/hello"
-	local out
-	# Proxy variables are dropped so curl dials the server itself, as an
-	# application in a pod would.
-	out=$(in_pod client env -u http_proxy -u HTTP_PROXY -u all_proxy -u ALL_PROXY \
-		curl -sS --max-time 5 "http://$server_ip:$server_port/hello")
+	say "enrolling notify with agent n2 and client with agent n1"
+	hms enroll --socket "$(sock_of n2)" --netns /run/netns/hmsdemo-notify --service "$svc" --port "$svc_port"
+	hms enroll --socket "$(sock_of n1)" --netns /run/netns/hmsdemo-client --service client
+
+	say "waiting for the notify-svc instance on n2 to be healthy"
+	wait_for 30 "notify-svc to be healthy in the registry" svc_healthy ||
+		die "notify-svc has no healthy instance on n2: $(service_json)"
+	wait_for 10 "agent n1 to be connected to the control plane" agent_synced ||
+		die "agent n1 is not connected to the control plane"
+
+	say "bin/hms-node list"
+	hms list --control "$control_addr"
+
+	say "in hmsdemo-client: curl -sS --max-time 5 http://$svc.svc/sms"
+	printf 'nameserver 192.0.2.53\n' >"$run_dir/resolv.conf"
+	local out rc=0 n1_sock n2_sock redir0 dns0 steered0
+	n1_sock=$(sock_of n1) n2_sock=$(sock_of n2)
+	redir0=$(counter "$n1_sock" redirected) dns0=$(counter "$n1_sock" dns_redirected)
+	steered0=$(counter "$n2_sock" inbound_steered)
+	# The pod's resolver is 192.0.2.53 (TEST-NET, unreachable: only agent
+	# n1's DNS redirect can answer it), bind-mounted over /etc/resolv.conf
+	# in a mount namespace of curl's own. Proxy variables are dropped so curl
+	# dials the service itself, as an application in a pod would.
+	out=$(in_pod n1 client env -u http_proxy -u HTTP_PROXY -u all_proxy -u ALL_PROXY \
+		unshare -m sh -c "mount --bind $run_dir/resolv.conf /etc/resolv.conf && exec curl -sS --max-time 5 http://$svc.svc/sms" 2>&1) || rc=$?
 	echo "$out"
+	((rc == 0)) || die "curl in the client pod failed (exit $rc)"
 
-	say "bin/hms-node status --socket $sock"
-	"$hms" status --socket "$sock"
+	say "bin/hms-node status --socket $n1_sock"
+	hms status --socket "$n1_sock"
 
-	local redirected
-	redirected=$("$hms" status --socket "$sock" -o json |
-		sed -n 's/.*"redirected": *\([0-9][0-9]*\).*/\1/p' | head -n 1)
-	[[ $out == *"hello from the server pod"* ]] || die "unexpected response from the server: $out"
-	((${redirected:-0} >= 1)) || die "curl answered but the redirected counter is ${redirected:-missing}: the connection was not intercepted"
+	# Each agent's counters must have moved during the call: agent n1
+	# answered the DNS query and took the connection, agent n2's sk_lookup
+	# steered it into its inbound listener in the notify pod.
+	local redirected dns_redirected steered
+	redirected=$(counter "$n1_sock" redirected)
+	dns_redirected=$(counter "$n1_sock" dns_redirected)
+	steered=$(counter "$n2_sock" inbound_steered)
+	echo "    agent n2: inbound_steered ${steered0:-0} -> ${steered:-missing}"
+	[[ $out == *"$svc_body"* ]] || die "unexpected response: $out"
+	((${dns_redirected:-0} > ${dns0:-0})) || die "curl answered but dns_redirected stayed at ${dns_redirected:-missing}: the name was not resolved through agent n1"
+	((${redirected:-0} > ${redir0:-0})) || die "curl answered but redirected stayed at ${redirected:-missing}: the connection was not intercepted by agent n1"
+	((${steered:-0} > ${steered0:-0})) || die "curl answered but agent n2's inbound_steered stayed at ${steered:-missing}: the call did not enter the notify pod through agent n2"
 	echo
-	say "OK: curl's connection was intercepted by the agent (redirected=$redirected)"
-	echo "    agent log: $run_dir/agent.log   metrics: http://$metrics/metrics"
+	say "OK: curl on node n1 called http://$svc.svc/sms by name and got the answer from node n2, through agent n1 (DNS + outbound) and agent n2 (inbound)"
+	echo "    logs: $run_dir/control.log $run_dir/n1/agent.log $run_dir/n2/agent.log"
 	echo "    remove everything with: bash scripts/demo.sh down"
 }
 
@@ -267,7 +415,7 @@ case ${1:-} in
 up) up ;;
 down)
 	down
-	echo "demo: removed (netns hmsdemo-*, cgroups $cg_node and $cg_agent, $bpffs, $run_dir)"
+	echo "demo: removed (netns hmsdemo-*, cgroups $cg_nodes, $cg_agents and $cg_control, /sys/fs/bpf/hmsdemo-*, $run_dir)"
 	;;
 *)
 	echo "usage: $0 up|down" >&2

@@ -22,7 +22,8 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(agentCmd(), enrollCmd(), unenrollCmd(), statusCmd(), versionCmd(), devCmd())
+	root.AddCommand(agentCmd(), enrollCmd(), unenrollCmd(), statusCmd(), versionCmd(), devCmd(),
+		controlCmd(), applyCmd(), deleteCmd(), listCmd(), addCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "hms-node:", err)
 		os.Exit(1)

@@ -1,0 +1,245 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hms-node/hms-node/pkg/api"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+)
+
+// Server is one control-plane replica.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	ready chan struct{}
+
+	// mu guards the fields below.
+	mu      sync.Mutex
+	addr    string
+	cancel  context.CancelFunc // ends Run; nil until Run starts
+	done    chan struct{}      // closed when Run returns
+	closed  bool
+	started bool
+}
+
+// New checks cfg and returns a Server. It starts nothing.
+func New(cfg Config) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("control config: %w", err)
+	}
+	return &Server{cfg: cfg, log: cfg.Log, ready: make(chan struct{})}, nil
+}
+
+// Addr is the gRPC listen address once serving ("" before).
+func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
+}
+
+// Ready is closed once the replica serves its API.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Close stops Run and waits for it to return. It is idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	cancel, done := s.cancel, s.done
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+	return nil
+}
+
+// Run starts the embedded etcd (or connects to the configured cluster) and
+// serves the gRPC API and the HTTP endpoints until ctx ends or Close.
+func (s *Server) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed || s.started {
+		s.mu.Unlock()
+		return errors.New("control: server already ran or was closed")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s.started, s.cancel, s.done = true, cancel, make(chan struct{})
+	s.mu.Unlock()
+	defer close(s.done)
+	defer cancel()
+	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	if len(s.cfg.EtcdEndpoints) == 0 {
+		stopEtcd, err := s.startEmbedded(ctx)
+		if err != nil {
+			return err
+		}
+		defer stopEtcd()
+	}
+	cli, err := s.newClient()
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	return s.serve(ctx, cli)
+}
+
+// serve runs the hub, the gRPC and the HTTP servers on cli until ctx ends.
+func (s *Server) serve(ctx context.Context, cli *clientv3.Client) error {
+	st := &store{cli: cli, cidr: s.cfg.VIPCIDR, timeout: s.cfg.RequestTimeout, log: s.log}
+	h := newHub(cli, s.log)
+	from, err := s.startHub(ctx, h)
+	if err != nil {
+		return err
+	}
+	stop := make(chan struct{})
+	var expiries sync.WaitGroup
+	gs := s.newGRPC(st, h, stop, &expiries)
+	lis, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen for the api on %s: %w", s.cfg.Listen, err)
+	}
+	hs, hlis, err := s.listenHTTP(cli)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	s.mu.Lock()
+	s.addr = lis.Addr().String()
+	s.mu.Unlock()
+
+	errc := make(chan error, 3)
+	var wg sync.WaitGroup
+	hubCtx, stopHub := context.WithCancel(ctx)
+	defer stopHub()
+	goRun(&wg, errc, "registry watch", func() error { return h.run(hubCtx, from) })
+	goRun(&wg, errc, "grpc api", func() error { return gs.Serve(lis) })
+	if hs != nil {
+		goRun(&wg, errc, "http", func() error { return ignoreClosed(hs.Serve(hlis)) })
+	}
+	if err := writeAdminConfig(s.cfg.DataDir, lis.Addr()); err != nil {
+		s.log.Warn("cannot write the admin config", "err", err)
+	}
+	close(s.ready)
+	s.log.Info("control plane serving", "api", s.addr, "http", s.cfg.HTTPAddr, "etcd", s.etcdEndpoints())
+
+	select {
+	case <-ctx.Done():
+		err = nil
+	case err = <-errc:
+	}
+	close(stop)
+	shutdownGRPC(gs)
+	if hs != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		hs.Shutdown(sctx)
+		cancel()
+	}
+	stopHub()
+	wg.Wait()
+	expiries.Wait()
+	return err
+}
+
+// newGRPC is the API server: large requests (a big manifest) are fine,
+// agents may ping.
+func (s *Server) newGRPC(st *store, h *hub, stop <-chan struct{}, expiries *sync.WaitGroup) *grpc.Server {
+	gs := grpc.NewServer(
+		grpc.MaxRecvMsgSize(etcdMaxRequestBytes),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	)
+	api.RegisterRegistryServer(gs, &registryService{st: st})
+	api.RegisterAgentsServer(gs, &agentsService{
+		st: st, hub: h, heartbeat: s.cfg.Heartbeat, leaseTTL: s.cfg.leaseTTL(), log: s.log,
+		stop: stop, expiries: expiries,
+	})
+	return gs
+}
+
+// startHub primes the hub, retrying until etcd answers or ctx ends.
+func (s *Server) startHub(ctx context.Context, h *hub) (int64, error) {
+	for {
+		from, err := h.start(ctx, s.cfg.RequestTimeout)
+		if err == nil {
+			return from, nil
+		}
+		s.log.Warn("etcd not reachable yet; retrying", "endpoints", s.etcdEndpoints(), "err", err)
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("etcd %v not reachable: %w", s.etcdEndpoints(), err)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func goRun(wg *sync.WaitGroup, errc chan<- error, what string, f func() error) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := f(); err != nil {
+			errc <- fmt.Errorf("%s: %w", what, err)
+		}
+	}()
+}
+
+// shutdownGRPC lets calls finish, but not for long: agent streams end on
+// their own once stop is closed, unary calls are bounded by etcd timeouts.
+func shutdownGRPC(gs *grpc.Server) {
+	done := make(chan struct{})
+	go func() { gs.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		gs.Stop()
+		<-done
+	}
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// writeAdminConfig writes <dataDir>/admin.yaml (mode 0600), the CLI's way
+// to the API. An unspecified listen address is written as loopback.
+func writeAdminConfig(dataDir string, addr net.Addr) error {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return err
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	body := fmt.Sprintf("control: %q\n", net.JoinHostPort(host, port))
+	tmp, err := os.CreateTemp(dataDir, ".admin.yaml.*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.WriteString(body); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), filepath.Join(dataDir, "admin.yaml"))
+}
