@@ -19,7 +19,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: hms-testapp http|echo|bulk-server|dns|bulk|rr|peer|loop|dnsq [flags]")
+		fmt.Fprintln(os.Stderr, "usage: hms-testapp http|https|echo|bulk-server|dns|bulk|rr|peer|loop|dnsq [flags]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
@@ -36,8 +36,16 @@ func main() {
 	interval := fs.Duration("interval", 10*time.Millisecond, "loop: pause between connections")
 	duration := fs.Duration("duration", 5*time.Second, "loop: how long to run")
 	pause := fs.Duration("pause", 0, "rr: pause after each round trip")
+	cert := fs.String("cert", "", "https: certificate PEM file")
+	key := fs.String("key", "", "https: key PEM file")
 	fs.Parse(os.Args[2:])
 	switch os.Args[1] {
+	case "https":
+		err := http.ListenAndServeTLS(*addr, *cert, *key, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "%s path=%s tls=%v\n", *body, r.URL.Path, r.TLS != nil)
+		}))
+		fmt.Fprintln(os.Stderr, "hms-testapp:", err)
+		os.Exit(1)
 	case "loop":
 		res := testapp.ConnectLoop(*addr, *want, *interval, *duration)
 		json.NewEncoder(os.Stdout).Encode(res)
