@@ -20,8 +20,8 @@ help: ## Show this help
 deps: ## Install Debian packages and Go modules (scripts/deps.sh)
 	bash scripts/deps.sh
 
-generate: ## Regenerate the eBPF objects in pkg/datapath from bpf/ (clang-19)
-	$(GO) generate ./pkg/datapath/
+generate: ## Regenerate pkg/datapath from bpf/ (clang-19) and pkg/api from its proto (protoc)
+	$(GO) generate ./pkg/datapath/ ./pkg/api/
 
 build: ## Build bin/hms-node and bin/hms-testapp
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/hms-node ./cmd/hms-node

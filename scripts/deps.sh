@@ -28,6 +28,8 @@ declare -A probe=(
 	[git]=git                        # version stamping, drift checks
 	[make]=make                      # the Makefile
 	[ca-certificates]=/etc/ssl/certs/ca-certificates.crt # go mod download
+	[protobuf-compiler]=protoc       # pkg/api drift check (go generate ./pkg/api/)
+	[etcd-server]=/usr/bin/etcd      # the 3-member cluster test (pkg/control)
 )
 
 present() {

@@ -68,15 +68,19 @@ check_generate() {
 	else
 		tar --exclude=./bin --exclude=./.git -cf - . | tar -C "$tmp" -xf -
 	fi
-	(cd "$tmp" && go generate ./pkg/datapath/)
+	(cd "$tmp" && go generate ./pkg/datapath/ ./pkg/api/)
 	if ! diff -r -q pkg/datapath "$tmp/pkg/datapath"; then
 		echo "generated files drifted from bpf/: run 'make generate' and commit pkg/datapath" >&2
+		return 1
+	fi
+	if ! diff -r -q pkg/api "$tmp/pkg/api"; then
+		echo "generated files drifted from pkg/api/proto: run 'make generate' and commit pkg/api" >&2
 		return 1
 	fi
 	# In CI the checkout is fresh: also insist nothing there is uncommitted.
 	if [[ ${CI:-} == true ]] && git rev-parse --verify -q HEAD >/dev/null; then
 		local dirty
-		dirty=$(git status --porcelain -- pkg/datapath)
+		dirty=$(git status --porcelain -- pkg/datapath pkg/api)
 		[[ -z $dirty ]] || { echo "uncommitted generated files:" >&2; echo "$dirty" >&2; return 1; }
 	fi
 }
@@ -103,7 +107,7 @@ if [[ ${results[-1]} == FAIL* ]]; then
 	summary
 	exit 1
 fi
-step "generate: pkg/datapath matches bpf/" check_generate
+step "generate: pkg/datapath and pkg/api match their sources" check_generate
 step "go mod tidy -diff" check_tidy
 step "go vet ./..." go vet ./...
 step "gofmt -l" check_gofmt
