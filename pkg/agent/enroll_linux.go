@@ -97,6 +97,10 @@ func (a *Agent) startPodLocked(spec PodSpec, inherited *podSockets, steered bool
 	p := &pod{spec: spec, ln: ln, dns4: udp[lnDNS4], dns6: udp[lnDNS6],
 		conns: map[net.Conn]struct{}{}, healthy: map[uint16]bool{},
 		dialer: &hnetns.Dialer{NetnsPath: spec.Netns, Mark: a.dp.Mark(), Timeout: a.cfg.DialTimeout}}
+	for _, port := range spec.HealthyPorts {
+		p.healthy[port] = true
+	}
+	p.spec.HealthyPorts = nil
 	if !spec.Blackhole {
 		added, err := blackhole(spec.Netns, a.cfg.VIPRange)
 		if err != nil {

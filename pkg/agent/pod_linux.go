@@ -25,6 +25,9 @@ type PodSpec struct {
 	// Blackhole is true when the agent added the VIP-range blackhole in
 	// the pod (and so may remove it).
 	Blackhole bool `json:"blackhole,omitempty"`
+	// HealthyPorts carries the probe results to a successor, so an
+	// upgrade does not mark serving instances unhealthy mesh-wide.
+	HealthyPorts []uint16 `json:"healthy_ports,omitempty"`
 }
 
 func (s PodSpec) datapath() datapath.Pod {

@@ -58,6 +58,9 @@ func (a *Agent) instances() []*api.Instance {
 }
 
 func (p *pod) instancesLocked(node string) []*api.Instance {
+	if !p.spec.IP.IsValid() {
+		return nil // a pod without an address cannot be an endpoint
+	}
 	var out []*api.Instance
 	for _, port := range p.spec.Ports {
 		out = append(out, p.instance(node, port))
@@ -150,7 +153,7 @@ func (a *Agent) startMonitorsLocked(p *pod) {
 				p.healthy[port] = healthy
 				p.mu.Unlock()
 				a.log.Info("health", "service", p.spec.Service, "port", port, "healthy", healthy, "error", err)
-				if a.client != nil {
+				if a.client != nil && p.spec.IP.IsValid() {
 					a.client.Report(p.instance(a.cfg.Node, port), false)
 				}
 			},

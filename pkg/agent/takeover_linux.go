@@ -171,7 +171,15 @@ func (a *Agent) offer(conn *net.UnixConn) bool {
 		if p.dev {
 			continue // dev workloads stay with the agent that runs them
 		}
-		specs = append(specs, p.spec)
+		spec := p.spec
+		p.mu.Lock()
+		for port, ok := range p.healthy {
+			if ok {
+				spec.HealthyPorts = append(spec.HealthyPorts, port)
+			}
+		}
+		p.mu.Unlock()
+		specs = append(specs, spec)
 		for name, l := range p.ln {
 			socks = append(socks, handover.Socket{Name: podSock(p.spec.Cookie, name), Conn: l})
 		}
