@@ -15,7 +15,8 @@
 # notify pod, enrolls both pods and runs an unmodified
 # `curl http://notify-svc.svc/sms` in the client pod: the name is answered by
 # agent n1's DNS redirect, the connection to the VIP is rewritten into agent
-# n1, carried over HBONE (mTLS) to agent n2 and delivered to the server.
+# n1, which dials the healthy instance on n2 (plain TCP for now), and agent
+# n2's sk_lookup steers it into the server. Counters of both agents must move.
 #
 # down: removes all of it; safe to run twice or after a failed up.
 #
