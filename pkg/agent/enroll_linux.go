@@ -133,6 +133,11 @@ func (a *Agent) startPodLocked(spec PodSpec, inherited *podSockets, steered bool
 	}
 	a.serve(p)
 	a.startMonitorsLocked(p)
+	if a.client != nil && len(spec.Ports) == 0 {
+		for _, in := range p.instancesLocked(a.cfg.Node) {
+			a.client.Report(in, false) // client-only: no probe will report it
+		}
+	}
 	return p, nil
 }
 
@@ -144,8 +149,8 @@ type podSockets struct {
 
 func (a *Agent) stopPodLocked(p *pod) error {
 	if a.client != nil {
-		for _, port := range p.spec.Ports {
-			a.client.Report(p.instance(a.cfg.Node, port), true)
+		for _, in := range p.instancesLocked(a.cfg.Node) {
+			a.client.Report(in, true)
 		}
 	}
 	delete(a.pods, p.spec.Netns)

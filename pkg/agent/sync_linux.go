@@ -61,6 +61,12 @@ func (p *pod) instancesLocked(node string) []*api.Instance {
 	if !p.spec.IP.IsValid() {
 		return nil // a pod without an address cannot be an endpoint
 	}
+	if len(p.spec.Ports) == 0 {
+		// A client-only pod: a port-0 instance, never picked, so that the
+		// CA's placement rule lets this node hold the pod's identity.
+		return []*api.Instance{{Namespace: p.spec.Namespace, Service: p.spec.Service, Node: node,
+			Ip: p.spec.IP.String(), Port: 0, Healthy: true, Workload: p.spec.Netns}}
+	}
 	var out []*api.Instance
 	for _, port := range p.spec.Ports {
 		out = append(out, p.instance(node, port))

@@ -880,7 +880,9 @@ func (x *ApplyRequest) GetServices() []*Service {
 type ApplyResult struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Service       *Service               `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
-	Created       bool                   `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"` // false: updated
+	Created       bool                   `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`                        // false: updated
+	Identity      string                 `protobuf:"bytes,3,opt,name=identity,proto3" json:"identity,omitempty"`                       // the SPIFFE ID its workloads get
+	CertTtlMs     int64                  `protobuf:"varint,4,opt,name=cert_ttl_ms,json=certTtlMs,proto3" json:"cert_ttl_ms,omitempty"` // lifetime of their certificates
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -927,6 +929,20 @@ func (x *ApplyResult) GetCreated() bool {
 		return x.Created
 	}
 	return false
+}
+
+func (x *ApplyResult) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *ApplyResult) GetCertTtlMs() int64 {
+	if x != nil {
+		return x.CertTtlMs
+	}
+	return 0
 }
 
 type ApplyResponse struct {
@@ -1599,6 +1615,8 @@ type Snapshot struct {
 	Routes        []*Route               `protobuf:"bytes,5,rep,name=routes,proto3" json:"routes,omitempty"`
 	Limits        []*RateLimit           `protobuf:"bytes,6,rep,name=limits,proto3" json:"limits,omitempty"`
 	HeartbeatMs   int64                  `protobuf:"varint,7,opt,name=heartbeat_ms,json=heartbeatMs,proto3" json:"heartbeat_ms,omitempty"` // how often the agent must send a heartbeat
+	Revocations   []*Revocation          `protobuf:"bytes,8,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	Nodes         []*Node                `protobuf:"bytes,9,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1682,6 +1700,20 @@ func (x *Snapshot) GetHeartbeatMs() int64 {
 	return 0
 }
 
+func (x *Snapshot) GetRevocations() []*Revocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
+func (x *Snapshot) GetNodes() []*Node {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
 // Delta is every change of one etcd revision.
 type Delta struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1747,6 +1779,7 @@ type Change struct {
 	//	*Change_Route
 	//	*Change_Limit
 	//	*Change_Node
+	//	*Change_Revocation
 	Object        isChange_Object `protobuf_oneof:"object"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1857,6 +1890,15 @@ func (x *Change) GetNode() *Node {
 	return nil
 }
 
+func (x *Change) GetRevocation() *Revocation {
+	if x != nil {
+		if x, ok := x.Object.(*Change_Revocation); ok {
+			return x.Revocation
+		}
+	}
+	return nil
+}
+
 type isChange_Object interface {
 	isChange_Object()
 }
@@ -1885,6 +1927,10 @@ type Change_Node struct {
 	Node *Node `protobuf:"bytes,8,opt,name=node,proto3,oneof"`
 }
 
+type Change_Revocation struct {
+	Revocation *Revocation `protobuf:"bytes,9,opt,name=revocation,proto3,oneof"`
+}
+
 func (*Change_Service) isChange_Object() {}
 
 func (*Change_Instance) isChange_Object() {}
@@ -1896,6 +1942,550 @@ func (*Change_Route) isChange_Object() {}
 func (*Change_Limit) isChange_Object() {}
 
 func (*Change_Node) isChange_Object() {}
+
+func (*Change_Revocation) isChange_Object() {}
+
+// Revocation cuts a node off: peers refuse its node certificate and every
+// workload certificate issued to it.
+type Revocation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	RevokedUnix   int64                  `protobuf:"varint,2,opt,name=revoked_unix,json=revokedUnix,proto3" json:"revoked_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Revocation) Reset() {
+	*x = Revocation{}
+	mi := &file_hms_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Revocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Revocation) ProtoMessage() {}
+
+func (x *Revocation) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
+func (*Revocation) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *Revocation) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Revocation) GetRevokedUnix() int64 {
+	if x != nil {
+		return x.RevokedUnix
+	}
+	return 0
+}
+
+type CreateTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TtlMs         int64                  `protobuf:"varint,1,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenRequest) Reset() {
+	*x = CreateTokenRequest{}
+	mi := &file_hms_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenRequest) ProtoMessage() {}
+
+func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *CreateTokenRequest) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+type CreateTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"` // hms1.<id>.<secret>.<ca-hash>
+	ExpiresUnix   int64                  `protobuf:"varint,2,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenResponse) Reset() {
+	*x = CreateTokenResponse{}
+	mi := &file_hms_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenResponse) ProtoMessage() {}
+
+func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *CreateTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CreateTokenResponse) GetExpiresUnix() int64 {
+	if x != nil {
+		return x.ExpiresUnix
+	}
+	return 0
+}
+
+type JoinRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Csr           []byte                 `protobuf:"bytes,3,opt,name=csr,proto3" json:"csr,omitempty"` // DER, ECDSA P-256
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinRequest) Reset() {
+	*x = JoinRequest{}
+	mi := &file_hms_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinRequest) ProtoMessage() {}
+
+func (x *JoinRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
+func (*JoinRequest) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *JoinRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type JoinResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChainPem      []byte                 `protobuf:"bytes,1,opt,name=chain_pem,json=chainPem,proto3" json:"chain_pem,omitempty"`    // the node certificate and its intermediates
+	BundlePem     []byte                 `protobuf:"bytes,2,opt,name=bundle_pem,json=bundlePem,proto3" json:"bundle_pem,omitempty"` // the mesh's roots
+	TrustDomain   string                 `protobuf:"bytes,3,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinResponse) Reset() {
+	*x = JoinResponse{}
+	mi := &file_hms_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinResponse) ProtoMessage() {}
+
+func (x *JoinResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
+func (*JoinResponse) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *JoinResponse) GetChainPem() []byte {
+	if x != nil {
+		return x.ChainPem
+	}
+	return nil
+}
+
+func (x *JoinResponse) GetBundlePem() []byte {
+	if x != nil {
+		return x.BundlePem
+	}
+	return nil
+}
+
+func (x *JoinResponse) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+type RenewNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Csr           []byte                 `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewNodeRequest) Reset() {
+	*x = RenewNodeRequest{}
+	mi := &file_hms_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewNodeRequest) ProtoMessage() {}
+
+func (x *RenewNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewNodeRequest.ProtoReflect.Descriptor instead.
+func (*RenewNodeRequest) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *RenewNodeRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type RenewNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChainPem      []byte                 `protobuf:"bytes,1,opt,name=chain_pem,json=chainPem,proto3" json:"chain_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewNodeResponse) Reset() {
+	*x = RenewNodeResponse{}
+	mi := &file_hms_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewNodeResponse) ProtoMessage() {}
+
+func (x *RenewNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewNodeResponse.ProtoReflect.Descriptor instead.
+func (*RenewNodeResponse) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *RenewNodeResponse) GetChainPem() []byte {
+	if x != nil {
+		return x.ChainPem
+	}
+	return nil
+}
+
+type IssueWorkloadRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Service       string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	Csr           []byte                 `protobuf:"bytes,3,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueWorkloadRequest) Reset() {
+	*x = IssueWorkloadRequest{}
+	mi := &file_hms_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueWorkloadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueWorkloadRequest) ProtoMessage() {}
+
+func (x *IssueWorkloadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueWorkloadRequest.ProtoReflect.Descriptor instead.
+func (*IssueWorkloadRequest) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *IssueWorkloadRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *IssueWorkloadRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *IssueWorkloadRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type IssueWorkloadResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChainPem      []byte                 `protobuf:"bytes,1,opt,name=chain_pem,json=chainPem,proto3" json:"chain_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueWorkloadResponse) Reset() {
+	*x = IssueWorkloadResponse{}
+	mi := &file_hms_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueWorkloadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueWorkloadResponse) ProtoMessage() {}
+
+func (x *IssueWorkloadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueWorkloadResponse.ProtoReflect.Descriptor instead.
+func (*IssueWorkloadResponse) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *IssueWorkloadResponse) GetChainPem() []byte {
+	if x != nil {
+		return x.ChainPem
+	}
+	return nil
+}
+
+type RevokeNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeNodeRequest) Reset() {
+	*x = RevokeNodeRequest{}
+	mi := &file_hms_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeNodeRequest) ProtoMessage() {}
+
+func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
+func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *RevokeNodeRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+type RevokeNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeNodeResponse) Reset() {
+	*x = RevokeNodeResponse{}
+	mi := &file_hms_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeNodeResponse) ProtoMessage() {}
+
+func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeNodeResponse.ProtoReflect.Descriptor instead.
+func (*RevokeNodeResponse) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{38}
+}
 
 var File_hms_proto protoreflect.FileDescriptor
 
@@ -1972,10 +2562,12 @@ const file_hms_proto_rawDesc = "" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x10\n" +
 	"\x03rps\x18\x03 \x01(\x01R\x03rps\";\n" +
 	"\fApplyRequest\x12+\n" +
-	"\bservices\x18\x01 \x03(\v2\x0f.hms.v1.ServiceR\bservices\"R\n" +
+	"\bservices\x18\x01 \x03(\v2\x0f.hms.v1.ServiceR\bservices\"\x8e\x01\n" +
 	"\vApplyResult\x12)\n" +
 	"\aservice\x18\x01 \x01(\v2\x0f.hms.v1.ServiceR\aservice\x12\x18\n" +
-	"\acreated\x18\x02 \x01(\bR\acreated\">\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\x12\x1a\n" +
+	"\bidentity\x18\x03 \x01(\tR\bidentity\x12\x1e\n" +
+	"\vcert_ttl_ms\x18\x04 \x01(\x03R\tcertTtlMs\">\n" +
 	"\rApplyResponse\x12-\n" +
 	"\aresults\x18\x01 \x03(\v2\x13.hms.v1.ApplyResultR\aresults\"A\n" +
 	"\rDeleteRequest\x12\x1c\n" +
@@ -2009,7 +2601,7 @@ const file_hms_proto_rawDesc = "" +
 	"\x0eControlMessage\x12.\n" +
 	"\bsnapshot\x18\x01 \x01(\v2\x10.hms.v1.SnapshotH\x00R\bsnapshot\x12%\n" +
 	"\x05delta\x18\x02 \x01(\v2\r.hms.v1.DeltaH\x00R\x05deltaB\x05\n" +
-	"\x03msg\"\xaf\x02\n" +
+	"\x03msg\"\x89\x03\n" +
 	"\bSnapshot\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12+\n" +
 	"\bservices\x18\x02 \x03(\v2\x0f.hms.v1.ServiceR\bservices\x12.\n" +
@@ -2017,10 +2609,12 @@ const file_hms_proto_rawDesc = "" +
 	"\texternals\x18\x04 \x03(\v2\x17.hms.v1.ExternalServiceR\texternals\x12%\n" +
 	"\x06routes\x18\x05 \x03(\v2\r.hms.v1.RouteR\x06routes\x12)\n" +
 	"\x06limits\x18\x06 \x03(\v2\x11.hms.v1.RateLimitR\x06limits\x12!\n" +
-	"\fheartbeat_ms\x18\a \x01(\x03R\vheartbeatMs\"M\n" +
+	"\fheartbeat_ms\x18\a \x01(\x03R\vheartbeatMs\x124\n" +
+	"\vrevocations\x18\b \x03(\v2\x12.hms.v1.RevocationR\vrevocations\x12\"\n" +
+	"\x05nodes\x18\t \x03(\v2\f.hms.v1.NodeR\x05nodes\"M\n" +
 	"\x05Delta\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12(\n" +
-	"\achanges\x18\x02 \x03(\v2\x0e.hms.v1.ChangeR\achanges\"\xc8\x02\n" +
+	"\achanges\x18\x02 \x03(\v2\x0e.hms.v1.ChangeR\achanges\"\xfe\x02\n" +
 	"\x06Change\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
 	"\adeleted\x18\x02 \x01(\bR\adeleted\x12+\n" +
@@ -2029,15 +2623,56 @@ const file_hms_proto_rawDesc = "" +
 	"\bexternal\x18\x05 \x01(\v2\x17.hms.v1.ExternalServiceH\x00R\bexternal\x12%\n" +
 	"\x05route\x18\x06 \x01(\v2\r.hms.v1.RouteH\x00R\x05route\x12)\n" +
 	"\x05limit\x18\a \x01(\v2\x11.hms.v1.RateLimitH\x00R\x05limit\x12\"\n" +
-	"\x04node\x18\b \x01(\v2\f.hms.v1.NodeH\x00R\x04nodeB\b\n" +
-	"\x06object2\xf4\x01\n" +
+	"\x04node\x18\b \x01(\v2\f.hms.v1.NodeH\x00R\x04node\x124\n" +
+	"\n" +
+	"revocation\x18\t \x01(\v2\x12.hms.v1.RevocationH\x00R\n" +
+	"revocationB\b\n" +
+	"\x06object\"C\n" +
+	"\n" +
+	"Revocation\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12!\n" +
+	"\frevoked_unix\x18\x02 \x01(\x03R\vrevokedUnix\"+\n" +
+	"\x12CreateTokenRequest\x12\x15\n" +
+	"\x06ttl_ms\x18\x01 \x01(\x03R\x05ttlMs\"N\n" +
+	"\x13CreateTokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12!\n" +
+	"\fexpires_unix\x18\x02 \x01(\x03R\vexpiresUnix\"I\n" +
+	"\vJoinRequest\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x10\n" +
+	"\x03csr\x18\x03 \x01(\fR\x03csr\"m\n" +
+	"\fJoinResponse\x12\x1b\n" +
+	"\tchain_pem\x18\x01 \x01(\fR\bchainPem\x12\x1d\n" +
+	"\n" +
+	"bundle_pem\x18\x02 \x01(\fR\tbundlePem\x12!\n" +
+	"\ftrust_domain\x18\x03 \x01(\tR\vtrustDomain\"$\n" +
+	"\x10RenewNodeRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\"0\n" +
+	"\x11RenewNodeResponse\x12\x1b\n" +
+	"\tchain_pem\x18\x01 \x01(\fR\bchainPem\"`\n" +
+	"\x14IssueWorkloadRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x10\n" +
+	"\x03csr\x18\x03 \x01(\fR\x03csr\"4\n" +
+	"\x15IssueWorkloadResponse\x12\x1b\n" +
+	"\tchain_pem\x18\x01 \x01(\fR\bchainPem\"'\n" +
+	"\x11RevokeNodeRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"\x14\n" +
+	"\x12RevokeNodeResponse2\xf4\x01\n" +
 	"\bRegistry\x124\n" +
 	"\x05Apply\x12\x14.hms.v1.ApplyRequest\x1a\x15.hms.v1.ApplyResponse\x127\n" +
 	"\x06Delete\x12\x15.hms.v1.DeleteRequest\x1a\x16.hms.v1.DeleteResponse\x121\n" +
 	"\x04List\x12\x13.hms.v1.ListRequest\x1a\x14.hms.v1.ListResponse\x12F\n" +
 	"\vAddExternal\x12\x1a.hms.v1.AddExternalRequest\x1a\x1b.hms.v1.AddExternalResponse2E\n" +
 	"\x06Agents\x12;\n" +
-	"\aConnect\x12\x14.hms.v1.AgentMessage\x1a\x16.hms.v1.ControlMessage(\x010\x01B&Z$github.com/hms-node/hms-node/pkg/apib\x06proto3"
+	"\aConnect\x12\x14.hms.v1.AgentMessage\x1a\x16.hms.v1.ControlMessage(\x010\x012\xda\x02\n" +
+	"\bIdentity\x12F\n" +
+	"\vCreateToken\x12\x1a.hms.v1.CreateTokenRequest\x1a\x1b.hms.v1.CreateTokenResponse\x121\n" +
+	"\x04Join\x12\x13.hms.v1.JoinRequest\x1a\x14.hms.v1.JoinResponse\x12@\n" +
+	"\tRenewNode\x12\x18.hms.v1.RenewNodeRequest\x1a\x19.hms.v1.RenewNodeResponse\x12L\n" +
+	"\rIssueWorkload\x12\x1c.hms.v1.IssueWorkloadRequest\x1a\x1d.hms.v1.IssueWorkloadResponse\x12C\n" +
+	"\n" +
+	"RevokeNode\x12\x19.hms.v1.RevokeNodeRequest\x1a\x1a.hms.v1.RevokeNodeResponseB&Z$github.com/hms-node/hms-node/pkg/apib\x06proto3"
 
 var (
 	file_hms_proto_rawDescOnce sync.Once
@@ -2051,36 +2686,47 @@ func file_hms_proto_rawDescGZIP() []byte {
 	return file_hms_proto_rawDescData
 }
 
-var file_hms_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_hms_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_hms_proto_goTypes = []any{
-	(*Service)(nil),             // 0: hms.v1.Service
-	(*HealthCheck)(nil),         // 1: hms.v1.HealthCheck
-	(*MeshPolicy)(nil),          // 2: hms.v1.MeshPolicy
-	(*CircuitBreaker)(nil),      // 3: hms.v1.CircuitBreaker
-	(*RouteRule)(nil),           // 4: hms.v1.RouteRule
-	(*Placement)(nil),           // 5: hms.v1.Placement
-	(*Instance)(nil),            // 6: hms.v1.Instance
-	(*Node)(nil),                // 7: hms.v1.Node
-	(*ExternalService)(nil),     // 8: hms.v1.ExternalService
-	(*Route)(nil),               // 9: hms.v1.Route
-	(*RateLimit)(nil),           // 10: hms.v1.RateLimit
-	(*ApplyRequest)(nil),        // 11: hms.v1.ApplyRequest
-	(*ApplyResult)(nil),         // 12: hms.v1.ApplyResult
-	(*ApplyResponse)(nil),       // 13: hms.v1.ApplyResponse
-	(*DeleteRequest)(nil),       // 14: hms.v1.DeleteRequest
-	(*DeleteResponse)(nil),      // 15: hms.v1.DeleteResponse
-	(*ListRequest)(nil),         // 16: hms.v1.ListRequest
-	(*ListResponse)(nil),        // 17: hms.v1.ListResponse
-	(*AddExternalRequest)(nil),  // 18: hms.v1.AddExternalRequest
-	(*AddExternalResponse)(nil), // 19: hms.v1.AddExternalResponse
-	(*AgentMessage)(nil),        // 20: hms.v1.AgentMessage
-	(*Hello)(nil),               // 21: hms.v1.Hello
-	(*InstanceUpdate)(nil),      // 22: hms.v1.InstanceUpdate
-	(*Heartbeat)(nil),           // 23: hms.v1.Heartbeat
-	(*ControlMessage)(nil),      // 24: hms.v1.ControlMessage
-	(*Snapshot)(nil),            // 25: hms.v1.Snapshot
-	(*Delta)(nil),               // 26: hms.v1.Delta
-	(*Change)(nil),              // 27: hms.v1.Change
+	(*Service)(nil),               // 0: hms.v1.Service
+	(*HealthCheck)(nil),           // 1: hms.v1.HealthCheck
+	(*MeshPolicy)(nil),            // 2: hms.v1.MeshPolicy
+	(*CircuitBreaker)(nil),        // 3: hms.v1.CircuitBreaker
+	(*RouteRule)(nil),             // 4: hms.v1.RouteRule
+	(*Placement)(nil),             // 5: hms.v1.Placement
+	(*Instance)(nil),              // 6: hms.v1.Instance
+	(*Node)(nil),                  // 7: hms.v1.Node
+	(*ExternalService)(nil),       // 8: hms.v1.ExternalService
+	(*Route)(nil),                 // 9: hms.v1.Route
+	(*RateLimit)(nil),             // 10: hms.v1.RateLimit
+	(*ApplyRequest)(nil),          // 11: hms.v1.ApplyRequest
+	(*ApplyResult)(nil),           // 12: hms.v1.ApplyResult
+	(*ApplyResponse)(nil),         // 13: hms.v1.ApplyResponse
+	(*DeleteRequest)(nil),         // 14: hms.v1.DeleteRequest
+	(*DeleteResponse)(nil),        // 15: hms.v1.DeleteResponse
+	(*ListRequest)(nil),           // 16: hms.v1.ListRequest
+	(*ListResponse)(nil),          // 17: hms.v1.ListResponse
+	(*AddExternalRequest)(nil),    // 18: hms.v1.AddExternalRequest
+	(*AddExternalResponse)(nil),   // 19: hms.v1.AddExternalResponse
+	(*AgentMessage)(nil),          // 20: hms.v1.AgentMessage
+	(*Hello)(nil),                 // 21: hms.v1.Hello
+	(*InstanceUpdate)(nil),        // 22: hms.v1.InstanceUpdate
+	(*Heartbeat)(nil),             // 23: hms.v1.Heartbeat
+	(*ControlMessage)(nil),        // 24: hms.v1.ControlMessage
+	(*Snapshot)(nil),              // 25: hms.v1.Snapshot
+	(*Delta)(nil),                 // 26: hms.v1.Delta
+	(*Change)(nil),                // 27: hms.v1.Change
+	(*Revocation)(nil),            // 28: hms.v1.Revocation
+	(*CreateTokenRequest)(nil),    // 29: hms.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),   // 30: hms.v1.CreateTokenResponse
+	(*JoinRequest)(nil),           // 31: hms.v1.JoinRequest
+	(*JoinResponse)(nil),          // 32: hms.v1.JoinResponse
+	(*RenewNodeRequest)(nil),      // 33: hms.v1.RenewNodeRequest
+	(*RenewNodeResponse)(nil),     // 34: hms.v1.RenewNodeResponse
+	(*IssueWorkloadRequest)(nil),  // 35: hms.v1.IssueWorkloadRequest
+	(*IssueWorkloadResponse)(nil), // 36: hms.v1.IssueWorkloadResponse
+	(*RevokeNodeRequest)(nil),     // 37: hms.v1.RevokeNodeRequest
+	(*RevokeNodeResponse)(nil),    // 38: hms.v1.RevokeNodeResponse
 }
 var file_hms_proto_depIdxs = []int32{
 	1,  // 0: hms.v1.Service.health:type_name -> hms.v1.HealthCheck
@@ -2110,28 +2756,41 @@ var file_hms_proto_depIdxs = []int32{
 	8,  // 24: hms.v1.Snapshot.externals:type_name -> hms.v1.ExternalService
 	9,  // 25: hms.v1.Snapshot.routes:type_name -> hms.v1.Route
 	10, // 26: hms.v1.Snapshot.limits:type_name -> hms.v1.RateLimit
-	27, // 27: hms.v1.Delta.changes:type_name -> hms.v1.Change
-	0,  // 28: hms.v1.Change.service:type_name -> hms.v1.Service
-	6,  // 29: hms.v1.Change.instance:type_name -> hms.v1.Instance
-	8,  // 30: hms.v1.Change.external:type_name -> hms.v1.ExternalService
-	9,  // 31: hms.v1.Change.route:type_name -> hms.v1.Route
-	10, // 32: hms.v1.Change.limit:type_name -> hms.v1.RateLimit
-	7,  // 33: hms.v1.Change.node:type_name -> hms.v1.Node
-	11, // 34: hms.v1.Registry.Apply:input_type -> hms.v1.ApplyRequest
-	14, // 35: hms.v1.Registry.Delete:input_type -> hms.v1.DeleteRequest
-	16, // 36: hms.v1.Registry.List:input_type -> hms.v1.ListRequest
-	18, // 37: hms.v1.Registry.AddExternal:input_type -> hms.v1.AddExternalRequest
-	20, // 38: hms.v1.Agents.Connect:input_type -> hms.v1.AgentMessage
-	13, // 39: hms.v1.Registry.Apply:output_type -> hms.v1.ApplyResponse
-	15, // 40: hms.v1.Registry.Delete:output_type -> hms.v1.DeleteResponse
-	17, // 41: hms.v1.Registry.List:output_type -> hms.v1.ListResponse
-	19, // 42: hms.v1.Registry.AddExternal:output_type -> hms.v1.AddExternalResponse
-	24, // 43: hms.v1.Agents.Connect:output_type -> hms.v1.ControlMessage
-	39, // [39:44] is the sub-list for method output_type
-	34, // [34:39] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	28, // 27: hms.v1.Snapshot.revocations:type_name -> hms.v1.Revocation
+	7,  // 28: hms.v1.Snapshot.nodes:type_name -> hms.v1.Node
+	27, // 29: hms.v1.Delta.changes:type_name -> hms.v1.Change
+	0,  // 30: hms.v1.Change.service:type_name -> hms.v1.Service
+	6,  // 31: hms.v1.Change.instance:type_name -> hms.v1.Instance
+	8,  // 32: hms.v1.Change.external:type_name -> hms.v1.ExternalService
+	9,  // 33: hms.v1.Change.route:type_name -> hms.v1.Route
+	10, // 34: hms.v1.Change.limit:type_name -> hms.v1.RateLimit
+	7,  // 35: hms.v1.Change.node:type_name -> hms.v1.Node
+	28, // 36: hms.v1.Change.revocation:type_name -> hms.v1.Revocation
+	11, // 37: hms.v1.Registry.Apply:input_type -> hms.v1.ApplyRequest
+	14, // 38: hms.v1.Registry.Delete:input_type -> hms.v1.DeleteRequest
+	16, // 39: hms.v1.Registry.List:input_type -> hms.v1.ListRequest
+	18, // 40: hms.v1.Registry.AddExternal:input_type -> hms.v1.AddExternalRequest
+	20, // 41: hms.v1.Agents.Connect:input_type -> hms.v1.AgentMessage
+	29, // 42: hms.v1.Identity.CreateToken:input_type -> hms.v1.CreateTokenRequest
+	31, // 43: hms.v1.Identity.Join:input_type -> hms.v1.JoinRequest
+	33, // 44: hms.v1.Identity.RenewNode:input_type -> hms.v1.RenewNodeRequest
+	35, // 45: hms.v1.Identity.IssueWorkload:input_type -> hms.v1.IssueWorkloadRequest
+	37, // 46: hms.v1.Identity.RevokeNode:input_type -> hms.v1.RevokeNodeRequest
+	13, // 47: hms.v1.Registry.Apply:output_type -> hms.v1.ApplyResponse
+	15, // 48: hms.v1.Registry.Delete:output_type -> hms.v1.DeleteResponse
+	17, // 49: hms.v1.Registry.List:output_type -> hms.v1.ListResponse
+	19, // 50: hms.v1.Registry.AddExternal:output_type -> hms.v1.AddExternalResponse
+	24, // 51: hms.v1.Agents.Connect:output_type -> hms.v1.ControlMessage
+	30, // 52: hms.v1.Identity.CreateToken:output_type -> hms.v1.CreateTokenResponse
+	32, // 53: hms.v1.Identity.Join:output_type -> hms.v1.JoinResponse
+	34, // 54: hms.v1.Identity.RenewNode:output_type -> hms.v1.RenewNodeResponse
+	36, // 55: hms.v1.Identity.IssueWorkload:output_type -> hms.v1.IssueWorkloadResponse
+	38, // 56: hms.v1.Identity.RevokeNode:output_type -> hms.v1.RevokeNodeResponse
+	47, // [47:57] is the sub-list for method output_type
+	37, // [37:47] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_hms_proto_init() }
@@ -2155,6 +2814,7 @@ func file_hms_proto_init() {
 		(*Change_Route)(nil),
 		(*Change_Limit)(nil),
 		(*Change_Node)(nil),
+		(*Change_Revocation)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2162,9 +2822,9 @@ func file_hms_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hms_proto_rawDesc), len(file_hms_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   39,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_hms_proto_goTypes,
 		DependencyIndexes: file_hms_proto_depIdxs,

@@ -70,7 +70,9 @@ func (t *Table) putInstanceLocked(key string, in *api.Instance) {
 		b.eps = append(b.eps, ep)
 	}
 	t.instances[key] = ep
-	pickable := in.Healthy && addr.IsValid()
+	// Port 0 marks a client-only workload: registered so its node may hold
+	// its identity, never an endpoint.
+	pickable := in.Healthy && addr.IsValid() && addr.Port() != 0
 	switch {
 	case pickable && ep.hidx < 0:
 		ep.hidx = int32(len(b.healthy))

@@ -1,0 +1,462 @@
+package hbone
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// Port is the HBONE port a destination pod listens on.
+const Port = 15008
+
+// Key identifies a pool of HBONE connections: tunnels share a connection
+// only when source identity, destination identity and destination pod IP
+// all match.
+type Key struct {
+	Src, Dst string     // SPIFFE IDs
+	IP       netip.Addr // destination pod IP
+}
+
+// PoolStats is a snapshot of a Pool, for tests and metrics.
+type PoolStats struct {
+	Connections int    // open HBONE connections, draining ones included
+	Streams     int    // open tunnels
+	Handshakes  uint64 // TLS handshakes completed since the pool was made
+}
+
+// Pool is the client side of HBONE: HTTP/2 connections per Key, each
+// carrying up to MaxStreams tunnels. The zero value needs Dial and TLS set.
+type Pool struct {
+	// Dial makes the TCP connection to ip:15008 (the agent dials from
+	// inside the calling pod's netns).
+	Dial func(ctx context.Context, ip netip.Addr) (net.Conn, error)
+	// TLS returns the client config for a key (client certificate of Src,
+	// verification that the server is Dst). The pool clones it and forces
+	// ALPN "h2" and TLS 1.3.
+	TLS func(k Key) *tls.Config
+	// MaxStreams is the number of concurrent tunnels per connection before
+	// another is opened; 0 means 100. A lower limit advertised by the
+	// server wins.
+	MaxStreams int
+	// IdleTimeout closes a connection that carried no tunnel for that
+	// long; 0 means 90s.
+	IdleTimeout time.Duration
+	// Log receives connection-level events; nil discards them.
+	Log *slog.Logger
+
+	initOnce   sync.Once
+	t          *http2.Transport
+	handshakes atomic.Uint64
+
+	// mu guards the fields below.
+	mu       sync.Mutex
+	conns    map[Key][]*pconn   // usable for new tunnels (or being dialled)
+	draining map[*pconn]struct{} // retired, closing once their tunnels end
+	closed   bool
+}
+
+// pconn is one HBONE connection. Its fields other than ready, cc and err
+// are guarded by Pool.mu; cc and err are written once before ready closes.
+type pconn struct {
+	key     Key
+	ready   chan struct{}
+	cc      *http2.ClientConn
+	tc      *tls.Conn
+	err     error
+	active  int // tunnels reserved or open
+	retired bool
+}
+
+var errPoolClosed = errors.New("hbone: pool closed")
+
+func (p *Pool) init() {
+	p.initOnce.Do(func() {
+		idle := p.IdleTimeout
+		if idle == 0 {
+			idle = 90 * time.Second
+		}
+		p.t = &http2.Transport{
+			DisableCompression: true, // no accept-encoding on CONNECT
+			IdleConnTimeout:    idle,
+			ReadIdleTimeout:    30 * time.Second, // ping a silent peer
+			PingTimeout:        15 * time.Second,
+		}
+		if p.Log == nil {
+			p.Log = slog.New(slog.DiscardHandler)
+		}
+		p.conns = make(map[Key][]*pconn)
+		p.draining = make(map[*pconn]struct{})
+	})
+}
+
+func (p *Pool) maxStreams() int {
+	if p.MaxStreams > 0 {
+		return p.MaxStreams
+	}
+	return 100
+}
+
+// Connect opens a tunnel to authority ("<endpoint-ip>:<port>") with the
+// given headers (Forwarded, traceparent: set by the caller; Connect adds
+// only what CONNECT needs). It reuses a pooled connection with room, so a
+// warm pool does no TLS handshake. ctx bounds the dial and the CONNECT
+// exchange, not the tunnel's life. A non-200 answer is a *StatusError
+// (403 wraps ErrDenied).
+func (p *Pool) Connect(ctx context.Context, k Key, authority string, hdr http.Header) (net.Conn, error) {
+	p.init()
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var pc *pconn
+		pc, err = p.acquire(ctx, k)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, errPoolClosed) {
+				return nil, err
+			}
+			continue // a shared dial failed or its conn was retired: try a fresh one
+		}
+		var c net.Conn
+		var retry bool
+		c, retry, err = p.open(ctx, pc, authority, hdr)
+		if err == nil {
+			return c, nil
+		}
+		p.release(pc)
+		if !retry || ctx.Err() != nil {
+			return nil, err
+		}
+	}
+	return nil, err
+}
+
+// acquire reserves a stream slot on a usable connection for k, dialling
+// one when none has room.
+func (p *Pool) acquire(ctx context.Context, k Key) (*pconn, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, errPoolClosed
+	}
+	pc := p.pickLocked(k)
+	dial := pc == nil
+	if dial {
+		pc = &pconn{key: k, ready: make(chan struct{}), active: 1}
+		p.conns[k] = append(p.conns[k], pc)
+	}
+	p.mu.Unlock()
+
+	if dial {
+		p.dial(ctx, pc)
+	} else {
+		select {
+		case <-pc.ready:
+		case <-ctx.Done():
+			p.release(pc)
+			return nil, ctx.Err()
+		}
+	}
+	if pc.err != nil {
+		p.release(pc)
+		return nil, pc.err
+	}
+	p.mu.Lock()
+	retired := pc.retired
+	p.mu.Unlock()
+	if retired {
+		p.release(pc)
+		return nil, errors.New("hbone: connection retired while dialling")
+	}
+	return pc, nil
+}
+
+// pickLocked returns a connection for k with a free slot, already
+// reserved, dropping dead ones from the list on the way.
+func (p *Pool) pickLocked(k Key) *pconn {
+	list := p.conns[k]
+	var found *pconn
+	for i := 0; i < len(list); i++ {
+		pc := list[i]
+		if isReady(pc) && (pc.err != nil || !pc.cc.CanTakeNewRequest()) {
+			list = slices.Delete(list, i, i+1)
+			i--
+			if pc.err == nil && p.retireLocked(pc) {
+				pc.cc.Close() // dead already; Close frees its resources
+			}
+			continue
+		}
+		if found == nil && pc.active < p.limit(pc) {
+			found = pc
+		}
+	}
+	if len(list) == 0 {
+		delete(p.conns, k)
+	} else {
+		p.conns[k] = list
+	}
+	if found != nil {
+		found.active++
+	}
+	return found
+}
+
+func isReady(pc *pconn) bool {
+	select {
+	case <-pc.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// limit is MaxStreams, or the server's SETTINGS_MAX_CONCURRENT_STREAMS
+// when lower.
+func (p *Pool) limit(pc *pconn) int {
+	n := p.maxStreams()
+	if isReady(pc) && pc.cc != nil {
+		if m := int(pc.cc.State().MaxConcurrentStreams); m > 0 && m < n {
+			n = m
+		}
+	}
+	return n
+}
+
+// dial makes pc's TCP, TLS and HTTP/2 connection, then closes pc.ready
+// (under mu, so that Close and Retire see either a dialling conn or a
+// ready one, never a conn they would miss).
+func (p *Pool) dial(ctx context.Context, pc *pconn) {
+	cc, tc, err := p.handshake(ctx, pc.key)
+	if err == nil {
+		p.handshakes.Add(1)
+	} else {
+		p.Log.Debug("hbone dial failed", "dst", pc.key.Dst, "ip", pc.key.IP, "err", err)
+	}
+	p.mu.Lock()
+	closed := p.closed
+	switch {
+	case err != nil:
+		pc.err = err
+	case closed:
+		pc.err = errPoolClosed
+	default:
+		pc.cc, pc.tc = cc, tc
+		if pc.retired { // retired while dialling: drain like the others
+			p.retireLocked(pc)
+		}
+	}
+	close(pc.ready)
+	p.mu.Unlock()
+	if err == nil && closed {
+		cc.Close()
+	}
+}
+
+func (p *Pool) handshake(ctx context.Context, k Key) (*http2.ClientConn, *tls.Conn, error) {
+	if p.Dial == nil || p.TLS == nil {
+		return nil, nil, errors.New("hbone: pool needs Dial and TLS")
+	}
+	raw, err := p.Dial(ctx, k.IP)
+	if err != nil {
+		return nil, nil, fmt.Errorf("hbone: dial %s: %w", k.IP, err)
+	}
+	cfg := p.TLS(k)
+	if cfg == nil {
+		raw.Close()
+		return nil, nil, fmt.Errorf("hbone: no tls config for %s", k.Dst)
+	}
+	cfg = cfg.Clone()
+	if !slices.Contains(cfg.NextProtos, http2.NextProtoTLS) {
+		cfg.NextProtos = append(cfg.NextProtos, http2.NextProtoTLS)
+	}
+	cfg.MinVersion = tls.VersionTLS13
+	tc := tls.Client(raw, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, nil, fmt.Errorf("hbone: tls handshake with %s: %w", k.IP, err)
+	}
+	if proto := tc.ConnectionState().NegotiatedProtocol; proto != http2.NextProtoTLS {
+		tc.Close()
+		return nil, nil, fmt.Errorf("hbone: %s negotiated %q, want h2", k.IP, proto)
+	}
+	// NewClientConn is deprecated in favour of net/http's HTTP/2 client,
+	// which offers no way to run CONNECT over a conn we dialled ourselves.
+	cc, err := p.t.NewClientConn(tc)
+	if err != nil {
+		tc.Close()
+		return nil, nil, fmt.Errorf("hbone: http2 client conn to %s: %w", k.IP, err)
+	}
+	return cc, tc, nil
+}
+
+// open sends the CONNECT on pc. retry reports that the request never left
+// because the connection became unusable, so another may be tried.
+func (p *Pool) open(ctx context.Context, pc *pconn, authority string, hdr http.Header) (net.Conn, bool, error) {
+	h := make(http.Header, len(hdr)+1)
+	for name, v := range hdr {
+		h[name] = v
+	}
+	if _, ok := h["User-Agent"]; !ok {
+		h["User-Agent"] = []string{""} // x/net sends no user-agent for an empty one
+	}
+	sctx, cancel := context.WithCancel(context.Background())
+	stop := context.AfterFunc(ctx, cancel)
+	pr, pw := io.Pipe()
+	req := (&http.Request{
+		Method:        http.MethodConnect,
+		URL:           &url.URL{Host: authority},
+		Host:          authority,
+		Header:        h,
+		Body:          pr,
+		ContentLength: -1,
+		Proto:         "HTTP/2.0",
+		ProtoMajor:    2,
+	}).WithContext(sctx)
+	resp, err := pc.cc.RoundTrip(req)
+	if !stop() && err == nil {
+		err = ctx.Err() // ctx ended while the answer arrived: don't hand out the tunnel
+		resp.Body.Close()
+	}
+	if err != nil {
+		cancel()
+		pw.Close()
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return nil, !pc.cc.CanTakeNewRequest(), fmt.Errorf("hbone: connect %s: %w", authority, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		cancel()
+		pw.Close()
+		return nil, false, fmt.Errorf("hbone: connect %s: %w", authority, &StatusError{Code: resp.StatusCode})
+	}
+	var remote net.Addr = pc.tc.RemoteAddr()
+	if ap, err := netip.ParseAddrPort(authority); err == nil {
+		remote = net.TCPAddrFromAddrPort(ap)
+	}
+	return &tunnel{
+		pw:     pw,
+		body:   resp.Body,
+		local:  pc.tc.LocalAddr(),
+		remote: remote,
+		release: func() {
+			cancel()
+			p.release(pc)
+		},
+	}, false, nil
+}
+
+// release gives back a stream slot on pc; a retired connection closes
+// when its last tunnel does.
+func (p *Pool) release(pc *pconn) {
+	p.mu.Lock()
+	pc.active--
+	closeNow := pc.retired && pc.active == 0 && pc.cc != nil
+	if closeNow {
+		delete(p.draining, pc)
+	}
+	p.mu.Unlock()
+	if closeNow {
+		pc.cc.Close()
+	}
+}
+
+// Retire stops using the connections whose key matches for new tunnels
+// (after a certificate rotation or a revocation, say). Their tunnels carry
+// on; each connection closes when its last tunnel does.
+func (p *Pool) Retire(match func(Key) bool) {
+	p.init()
+	var idle []*pconn
+	p.mu.Lock()
+	for k, list := range p.conns {
+		if !match(k) {
+			continue
+		}
+		for _, pc := range list {
+			if p.retireLocked(pc) {
+				idle = append(idle, pc)
+			}
+		}
+		delete(p.conns, k)
+	}
+	p.mu.Unlock()
+	for _, pc := range idle {
+		pc.cc.Close()
+	}
+}
+
+// retireLocked marks pc retired and reports whether it should be closed
+// now (it is dialled and idle). A connection still dialling is closed by
+// the last release of its waiters.
+func (p *Pool) retireLocked(pc *pconn) bool {
+	pc.retired = true
+	if !isReady(pc) || pc.cc == nil {
+		return false
+	}
+	pc.cc.SetDoNotReuse()
+	if pc.active == 0 {
+		return true
+	}
+	p.draining[pc] = struct{}{}
+	return false
+}
+
+// Stats returns a snapshot of the pool.
+func (p *Pool) Stats() PoolStats {
+	p.init()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := PoolStats{Handshakes: p.handshakes.Load()}
+	count := func(pc *pconn) {
+		s.Streams += pc.active
+		if isReady(pc) && pc.cc != nil && !pc.cc.State().Closed {
+			s.Connections++
+		}
+	}
+	for _, list := range p.conns {
+		for _, pc := range list {
+			count(pc)
+		}
+	}
+	for pc := range p.draining {
+		count(pc)
+	}
+	return s
+}
+
+// Close closes every connection, interrupting their tunnels. Idempotent.
+func (p *Pool) Close() error {
+	p.init()
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	var all []*pconn
+	for _, list := range p.conns {
+		all = append(all, list...)
+	}
+	for pc := range p.draining {
+		all = append(all, pc)
+	}
+	p.conns, p.draining = map[Key][]*pconn{}, map[*pconn]struct{}{}
+	p.mu.Unlock()
+	for _, pc := range all {
+		if isReady(pc) && pc.cc != nil { // a dial under way closes its own conn
+			pc.cc.Close()
+		}
+	}
+	return nil
+}
