@@ -64,7 +64,13 @@ func (t *Table) putInstanceLocked(key string, in *api.Instance) {
 	if ep == nil {
 		ep = t.newEndpoint()
 	}
+	if ep.addr != addr && t.byAddr[ep.addr] == ep {
+		delete(t.byAddr, ep.addr)
+	}
 	ep.key, ep.inst, ep.addr, ep.node, ep.gen = key, in, addr, in.Node, t.gen
+	if addr.IsValid() && addr.Port() != 0 {
+		t.byAddr[addr] = ep
+	}
 	if ep.b == nil {
 		ep.b, ep.idx, ep.hidx = b, int32(len(b.eps)), -1
 		b.eps = append(b.eps, ep)
@@ -118,6 +124,9 @@ func (t *Table) deleteInstanceLocked(key string) {
 // unlinkLocked takes ep out of its bucket (swap-remove, O(1)) and drops
 // the bucket when it is empty.
 func (t *Table) unlinkLocked(ep *endpoint) {
+	if t.byAddr[ep.addr] == ep {
+		delete(t.byAddr, ep.addr)
+	}
 	b := ep.b
 	if b == nil {
 		return

@@ -31,7 +31,9 @@ type Table struct {
 	names     map[string]map[string]netip.Addr // lower-case ns → name → VIP
 	vips      map[netip.AddrPort]vipEntry
 	instances map[string]*endpoint // registry key → endpoint
+	byAddr    map[netip.AddrPort]*endpoint
 	nodes     map[string]*api.Node
+	revoked   map[string]bool   // node names cut off by `node revoke`
 	strs      map[string]string // interned node names
 }
 
@@ -76,6 +78,7 @@ func (t *Table) resetLocked() {
 	t.names = make(map[string]map[string]netip.Addr)
 	t.vips = make(map[netip.AddrPort]vipEntry)
 	t.instances = make(map[string]*endpoint)
+	t.byAddr = make(map[netip.AddrPort]*endpoint)
 	if t.nodes == nil {
 		t.nodes = make(map[string]*api.Node)
 	}
@@ -120,6 +123,15 @@ func (t *Table) ApplySnapshot(s *api.Snapshot) {
 	}
 	for _, l := range s.Limits {
 		t.putLimitLocked(l)
+	}
+	t.revoked = map[string]bool{}
+	for _, r := range s.Revocations {
+		t.revoked[r.Node] = true
+	}
+	for _, n := range s.Nodes {
+		if n.GetName() != "" {
+			t.nodes[n.Name] = n
+		}
 	}
 	t.sweepLocked()
 	t.rev = s.Revision
@@ -198,7 +210,33 @@ func (t *Table) applyChangeLocked(c *api.Change) {
 		if o.Node != nil && o.Node.Name != "" {
 			t.nodes[o.Node.Name] = o.Node
 		}
+	case *api.Change_Revocation:
+		if o.Revocation.GetNode() != "" {
+			if t.revoked == nil {
+				t.revoked = map[string]bool{}
+			}
+			t.revoked[o.Revocation.Node] = true
+		}
 	}
+}
+
+// Revoked tells whether a node was cut off: peers refuse its certificates.
+func (t *Table) Revoked(node string) bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.revoked[node]
+}
+
+// InstanceAt returns the registered instance at a pod IP:port, if any: a
+// connection to it is a mesh call to that instance.
+func (t *Table) InstanceAt(addr netip.AddrPort) (*api.Instance, bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	ep, ok := t.byAddr[addr]
+	if !ok {
+		return nil, false
+	}
+	return ep.inst, true
 }
 
 // deleteKeyLocked removes the object a registry key names.

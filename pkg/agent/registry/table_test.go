@@ -241,3 +241,30 @@ func TestLookupName(t *testing.T) {
 		t.Errorf("LookupVIP allocates %v", a)
 	}
 }
+
+func TestRevocationsAndInstanceAt(t *testing.T) {
+	tb := NewTable()
+	in := &api.Instance{Namespace: "default", Service: "notify-svc", Node: "n2", Ip: "10.250.2.2", Port: 7000, Healthy: true, Workload: "w"}
+	tb.ApplySnapshot(&api.Snapshot{Revision: 1, Instances: []*api.Instance{in},
+		Revocations: []*api.Revocation{{Node: "n9"}}})
+	if !tb.Revoked("n9") || tb.Revoked("n2") {
+		t.Fatal("snapshot revocations not applied")
+	}
+	got, ok := tb.InstanceAt(netip.MustParseAddrPort("10.250.2.2:7000"))
+	if !ok || got.Node != "n2" {
+		t.Fatalf("InstanceAt = %v, %v", got, ok)
+	}
+	tb.ApplyDelta(&api.Delta{Revision: 2, Changes: []*api.Change{
+		{Key: "revocations/n2", Object: &api.Change_Revocation{Revocation: &api.Revocation{Node: "n2"}}},
+	}})
+	if !tb.Revoked("n2") {
+		t.Fatal("delta revocation not applied")
+	}
+	tb.ApplySnapshot(&api.Snapshot{Revision: 3})
+	if _, ok := tb.InstanceAt(netip.MustParseAddrPort("10.250.2.2:7000")); ok {
+		t.Fatal("InstanceAt still answers after the instance left")
+	}
+	if tb.Revoked("n2") {
+		t.Fatal("a snapshot without revocations kept one")
+	}
+}
