@@ -42,7 +42,7 @@ type scaleResult struct {
 	connectToFull, applySnapshot  time.Duration
 	tableBytes                    int64
 	lookupNs, pickNs, bothNs, par float64
-	parallelism                   int
+	parallelism, wave             int
 }
 
 func printScale(w io.Writer, r scaleResult) {
@@ -51,7 +51,7 @@ func printScale(w io.Writer, r scaleResult) {
 	fmt.Fprintf(w, "%-58s %s\n", "measure", "value")
 	row := func(k, v string) { fmt.Fprintf(w, "%-58s %s\n", k, v) }
 	row("register services (Apply, batches of 500)", r.applyTime.Round(time.Millisecond).String())
-	row(fmt.Sprintf("register instances (%d agent Hellos x %d)", scaleAgents, r.instances/scaleAgents), r.registerTime.Round(time.Millisecond).String())
+	row(fmt.Sprintf("register instances (%d agent Hellos x %d, waves of %d)", scaleAgents, r.instances/scaleAgents, r.wave), r.registerTime.Round(time.Millisecond).String())
 	row("process heap before (HeapInuse after GC)", mib(int64(r.heapBefore)))
 	row("process heap after (control plane + etcd + streams)", fmt.Sprintf("%s (+%s, %.0f B/instance)",
 		mib(int64(r.heapAfter)), mib(int64(r.heapAfter)-int64(r.heapBefore)),

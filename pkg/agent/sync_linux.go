@@ -19,6 +19,9 @@ import (
 
 var readFile = os.ReadFile
 
+// maxSnapshotBytes bounds one message from the control plane.
+const maxSnapshotBytes = 512 << 20
+
 // startRegistry connects to the control plane, when one is configured.
 // Without one the agent runs standalone: its table stays empty and only
 // plain pass-through is served.
@@ -26,7 +29,10 @@ func (a *Agent) startRegistry(ctx context.Context) error {
 	if a.cfg.Control == "" {
 		return nil
 	}
-	conn, err := grpc.NewClient(a.cfg.Control, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// A snapshot of a large registry is one message (6.5 MiB for 100k
+	// instances): far past gRPC's 4 MiB default.
+	conn, err := grpc.NewClient(a.cfg.Control, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxSnapshotBytes)))
 	if err != nil {
 		return fmt.Errorf("control plane %s: %w", a.cfg.Control, err)
 	}
