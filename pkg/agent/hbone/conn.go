@@ -78,13 +78,10 @@ type tunnel struct {
 
 func (t *tunnel) Read(p []byte) (int, error) { return t.body.Read(p) }
 
-func (t *tunnel) Write(p []byte) (int, error) {
-	n, err := t.pw.Write(p)
-	if errors.Is(err, io.ErrClosedPipe) {
-		err = net.ErrClosed
-	}
-	return n, err
-}
+// Write returns once x/net's stream goroutine has taken all of p; it
+// blocks while HTTP/2 flow control holds the stream back. After
+// CloseWrite, Close or a reset by the peer it fails with io.ErrClosedPipe.
+func (t *tunnel) Write(p []byte) (int, error) { return t.pw.Write(p) }
 
 // CloseWrite ends the request body: the server reads EOF (END_STREAM) and
 // may keep sending.
@@ -144,8 +141,8 @@ func (s *stream) CloseWrite() error { return nil }
 // Close unblocks a pending Read; the stream itself ends with the handler.
 func (s *stream) Close() error { return s.body.Close() }
 
-func (s *stream) LocalAddr() net.Addr                { return s.local }
-func (s *stream) RemoteAddr() net.Addr               { return s.remote }
+func (s *stream) LocalAddr() net.Addr              { return s.local }
+func (s *stream) RemoteAddr() net.Addr             { return s.remote }
 func (s *stream) SetDeadline(time.Time) error      { return nil }
 func (s *stream) SetReadDeadline(time.Time) error  { return nil }
 func (s *stream) SetWriteDeadline(time.Time) error { return nil }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -77,6 +78,12 @@ func (s *Server) init() {
 // accept error that stopped it.
 func (s *Server) Serve(l net.Listener) error {
 	s.init()
+	if s.TLS == nil || s.Handle == nil {
+		return errors.New("hbone: server needs TLS and Handle")
+	}
+	if !slices.Contains(s.TLS.NextProtos, http2.NextProtoTLS) {
+		return errors.New(`hbone: server TLS config must offer ALPN "h2"`)
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -157,6 +164,9 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	req := &Request{Authority: r.Host, Header: r.Header, State: h.state, Local: h.local, Remote: h.remote}
 	app, err := h.s.Handle(r.Context(), req)
+	if err == nil && app == nil {
+		err = errors.New("hbone: Handle returned neither a conn nor an error")
+	}
 	if err != nil {
 		code := http.StatusBadGateway
 		switch {
