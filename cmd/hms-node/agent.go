@@ -67,6 +67,7 @@ func agentCmd() *cobra.Command {
 	f.BoolVar(&cleanup, "cleanup", false, "remove everything pinned under --bpffs and exit")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "how long a replaced agent waits for its connections (default 30s)")
 	f.StringVar(&cfg.Control, "control", "", "control-plane address host:port (empty: standalone, no registry)")
+	f.StringVar(&cfg.TokenFile, "token-file", "", "join token for the first start (hms-node token create)")
 	f.StringSliceVar(&cfg.DNSUpstreams, "dns-upstream", nil, "resolvers for names outside the mesh, ip:port (default: the node's resolv.conf)")
 	f.DurationVar(&cfg.ProbeInterval, "probe-interval", 0, "health-check interval of services that set none (default 10s)")
 	f.Var(addrValue{&cfg.HostIP}, "host-ip", "address dev-mode workloads are registered at (default 127.0.0.1: this node only)")

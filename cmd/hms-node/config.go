@@ -9,23 +9,17 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"gopkg.in/yaml.v3"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/hms-node/hms-node/pkg/api"
+	"github.com/hms-node/hms-node/pkg/control"
 )
-
-// adminConfig is the CLI's client config, as `control` writes it to
-// <data-dir>/admin.yaml.
-type adminConfig struct {
-	Control string `yaml:"control"`
-}
 
 // controlFlags adds --config and --control to a verb that talks to the
 // control plane.
 func controlFlags(cmd *cobra.Command) {
 	cmd.Flags().String("config", "", "client config (default $HMS_CONFIG, then ~/.hms/config)")
-	cmd.Flags().String("control", "", "control-plane address host:port (overrides the config)")
+	cmd.Flags().String("control", "", "control-plane address host:port (overrides the config's)")
 }
 
 // configPath finds the client config: --config, $HMS_CONFIG, ~/.hms/config.
@@ -40,37 +34,49 @@ func configPath(cmd *cobra.Command) string {
 	return filepath.Join(home, ".hms", "config")
 }
 
-// controlAddr resolves the control-plane address of a CLI verb.
-func controlAddr(cmd *cobra.Command) (string, error) {
-	if a, _ := cmd.Flags().GetString("control"); a != "" {
-		return a, nil
-	}
+// dialControl opens an mTLS connection to the control plane with the admin
+// credential of the client config.
+func dialControl(cmd *cobra.Command) (*grpc.ClientConn, error) {
 	path := configPath(cmd)
-	data, err := os.ReadFile(path)
+	cfg, err := control.LoadAdminConfig(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("no client config at %s: start the control plane (hms-node control), or pass --config or --control", path)
+		return nil, fmt.Errorf("no client config at %s: start the control plane (hms-node control) on this machine, or pass --config with its <data-dir>/admin.yaml", path)
 	}
 	if err != nil {
-		return "", fmt.Errorf("read client config: %w", err)
+		return nil, err
 	}
-	var c adminConfig
-	if err := yaml.Unmarshal(data, &c); err != nil || c.Control == "" {
-		return "", fmt.Errorf("client config %s: no control address (%v)", path, err)
+	tlsCfg, err := cfg.TLS()
+	if err != nil {
+		return nil, err
 	}
-	return c.Control, nil
+	addr := cfg.Control
+	if a, _ := cmd.Flags().GetString("control"); a != "" {
+		addr = a
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(512<<20)))
+	if err != nil {
+		return nil, fmt.Errorf("control plane %s: %w", addr, err)
+	}
+	return conn, nil
 }
 
 // registry dials the control plane's Registry API.
 func registry(cmd *cobra.Command) (api.RegistryClient, func(), error) {
-	addr, err := controlAddr(cmd)
+	conn, err := dialControl(cmd)
 	if err != nil {
 		return nil, nil, err
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, nil, fmt.Errorf("control plane %s: %w", addr, err)
-	}
 	return api.NewRegistryClient(conn), func() { conn.Close() }, nil
+}
+
+// identity dials the control plane's Identity API.
+func identity(cmd *cobra.Command) (api.IdentityClient, func(), error) {
+	conn, err := dialControl(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	return api.NewIdentityClient(conn), func() { conn.Close() }, nil
 }
 
 // rpcTimeout bounds one CLI call to the control plane.

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -57,6 +58,9 @@ func controlCmd() *cobra.Command {
 	f.IntVar(&cfg.EtcdClientPort, "etcd-client-port", 12379, "embedded etcd client port (loopback)")
 	f.IntVar(&cfg.EtcdPeerPort, "etcd-peer-port", 12380, "embedded etcd peer port (loopback)")
 	f.StringVar(&vipCIDR, "vip-cidr", "240.240.0.0/16", "range service VIPs are allocated from")
+	f.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "trust domain of the mesh's SPIFFE IDs")
+	f.DurationVar(&cfg.CertTTL, "cert-ttl", 24*time.Hour, "lifetime of workload and node certificates (rotated at half-life)")
+	f.StringVar(&cfg.KEKFile, "kek-file", "", "key-encryption key of the CA's root key in etcd (default <data-dir>/kek; the same file on every replica)")
 	f.DurationVar(&cfg.Heartbeat, "heartbeat", 0, "agents' heartbeat interval; instances vanish after 3 missed (default 5s)")
 	return cmd
 }

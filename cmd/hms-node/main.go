@@ -23,7 +23,7 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(agentCmd(), enrollCmd(), unenrollCmd(), statusCmd(), versionCmd(), devCmd(),
-		controlCmd(), applyCmd(), deleteCmd(), listCmd(), addCmd())
+		controlCmd(), applyCmd(), deleteCmd(), listCmd(), addCmd(), tokenCmd(), nodeCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "hms-node:", err)
 		os.Exit(1)

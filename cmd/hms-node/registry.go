@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/status"
@@ -52,6 +53,9 @@ func applyCmd() *cobra.Command {
 					verb = "registered"
 				}
 				fmt.Printf("✓ Service %q %s (VIP %s, ports %s)\n", r.Service.Name, verb, r.Service.Vip, portList(r.Service))
+				if r.Identity != "" {
+					fmt.Printf("  identity %s, certificates valid %s (rotated at half-life)\n", r.Identity, time.Duration(r.CertTtlMs)*time.Millisecond)
+				}
 			}
 			return nil
 		},

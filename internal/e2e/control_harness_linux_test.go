@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -95,9 +96,10 @@ func (c *controlProc) stop() {
 	}
 }
 
-// cli runs a control-plane verb of the CLI against this control plane.
+// cli runs a control-plane verb of the CLI against this control plane,
+// with the admin credential it wrote.
 func (c *controlProc) cli(args ...string) (string, error) {
-	args = append(args, "--control", c.addr)
+	args = append(args, "--config", filepath.Join(c.dir, "data", "admin.yaml"))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, hmsNode, args...).CombinedOutput()
@@ -174,4 +176,28 @@ func (c *controlProc) apply(manifest string) string {
 		c.t.Fatalf("apply: %v\n%s", err, out)
 	}
 	return out
+}
+
+// token creates a join token and writes it to a file for an agent's
+// --token-file.
+func (c *controlProc) token() string {
+	c.t.Helper()
+	out, err := c.cli("token", "create", "--ttl", "10m")
+	if err != nil {
+		c.t.Fatalf("token create: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 1 || !strings.HasPrefix(lines[0], "hms1.") {
+		c.t.Fatalf("token create printed %q; want the token alone on one line", out)
+	}
+	f := filepath.Join(c.t.TempDir(), "token")
+	if err := os.WriteFile(f, []byte(lines[0]+"\n"), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+	return f
+}
+
+// agentFlags are the flags of an agent joining this control plane.
+func (c *controlProc) agentFlags() []string {
+	return []string{"--control", c.addr, "--token-file", c.token()}
 }

@@ -50,7 +50,7 @@ func TestPrivilegedExternalServiceWithTLSOrigination(t *testing.T) {
 	startServer(t, outside, 8443, testApp, "https", "--addr", ":8443", "--cert", cert, "--key", key, "--body", "outside-the-mesh")
 
 	control := newControl(t)
-	a := newAgent(t, n1, "--control", control.addr, "--external-ca", cert, "--dns-upstream", startFakeUpstream(t))
+	a := newAgent(t, n1, append(control.agentFlags(), "--external-ca", cert, "--dns-upstream", startFakeUpstream(t))...)
 	a.start()
 	a.enroll(client, "client")
 	out, err := control.cli("add", "payments", "--external-url", fmt.Sprintf("https://%s:8443", outside.IP))

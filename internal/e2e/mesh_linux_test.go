@@ -25,8 +25,9 @@ func newTwoNodes(t *testing.T) *twoNodes {
 	bed := testbed.New(t)
 	m := &twoNodes{control: newControl(t), n1: bed.MustAddNode(t, "n1"), n2: bed.MustAddNode(t, "n2")}
 	upstream := startFakeUpstream(t)
-	flags := []string{"--control", m.control.addr, "--probe-interval", "500ms", "--dns-upstream", upstream}
-	m.a1, m.a2 = newAgent(t, m.n1, flags...), newAgent(t, m.n2, flags...)
+	flags := []string{"--probe-interval", "500ms", "--dns-upstream", upstream}
+	m.a1 = newAgent(t, m.n1, append(m.control.agentFlags(), flags...)...)
+	m.a2 = newAgent(t, m.n2, append(m.control.agentFlags(), flags...)...)
 	m.a1.start()
 	m.a2.start()
 	m.resolv = filepath.Join(t.TempDir(), "resolv.conf")
@@ -134,9 +135,11 @@ func TestPrivilegedAgentDeathAndControlRestart(t *testing.T) {
 
 	// A long-lived connection through both agents survives a control-plane
 	// restart.
+	m.control.apply("name: echo\nport: 7100\nprotocol: tcp\n")
 	echo := m.n2.MustAddPod(t, "echo")
 	startServer(t, echo, 7100, testApp, "echo", "--addr", ":7100")
 	m.a2.enroll(echo, "echo", 7100)
+	waitFor(t, 10*time.Second, "echo healthy", func() bool { return m.control.healthyInstances("echo") == 1 })
 	long := client.Command(ctxT(t, 2*time.Minute), testApp, "rr", "--addr", fmt.Sprintf("%s:7100", echo.IP), "--n", "300", "--pause", "10ms")
 	var longOut strings.Builder
 	long.Stdout = &longOut

@@ -9,11 +9,15 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/hms-node/hms-node/pkg/agent/dns"
 	"github.com/hms-node/hms-node/pkg/agent/registry"
+	"github.com/hms-node/hms-node/pkg/api"
 	"github.com/hms-node/hms-node/pkg/datapath"
 )
 
@@ -61,6 +65,9 @@ type Config struct {
 	// Control is the control plane's address (host:port); empty runs the
 	// agent standalone.
 	Control string
+	// TokenFile holds a bootstrap token (`hms-node token create`) for the
+	// first start; later starts use the identity kept in StateDir.
+	TokenFile string
 	// DNSUpstreams answer every name outside the mesh ("ip:port");
 	// default the node's resolv.conf servers.
 	DNSUpstreams []string
@@ -132,6 +139,12 @@ type Agent struct {
 
 	table       *registry.Table
 	client      *registry.Client // nil when standalone
+	ident       *nodeIdentity    // nil when standalone: no mTLS
+	idClient    api.IdentityClient
+	control     *grpc.ClientConn
+
+	denied           atomic.Uint64 // HBONE tunnels refused by policy or identity
+	plaintextRefused atomic.Uint64 // plaintext refused by mtls: required
 	dns         *dns.Server
 	externalCAs *x509.CertPool
 
@@ -162,6 +175,9 @@ func New(cfg Config, dp Datapath) (*Agent, error) {
 // accepting and drains the connections it carries.
 func (a *Agent) Run(ctx context.Context) error {
 	a.started = time.Now()
+	if err := a.connectControl(ctx); err != nil {
+		return err
+	}
 	inherited, err := a.takeOverPredecessor()
 	if err != nil {
 		return err
@@ -226,6 +242,9 @@ func (a *Agent) shutdown() {
 		for _, p := range pods {
 			p.closeConns()
 		}
+	}
+	for _, p := range pods {
+		p.release()
 	}
 }
 

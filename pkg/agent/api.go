@@ -22,6 +22,8 @@ type Status struct {
 	Version       string         `json:"version"`
 	UptimeSeconds int64          `json:"uptime_seconds"`
 	Control       string         `json:"control"` // one line for people
+	Denied        uint64         `json:"denied"`            // tunnels refused (identity, policy)
+	PlainRefused  uint64         `json:"plaintext_refused"` // plaintext refused by mtls: required
 	Registry      *RegistryState `json:"registry,omitempty"`
 	Workloads     []Workload     `json:"workloads"`
 	Datapath      DatapathStatus `json:"datapath"`
@@ -39,6 +41,7 @@ type Workload struct {
 	Cookie     uint64   `json:"netns_cookie"`
 	State      string   `json:"state"` // "serving" or "degraded: <why>"
 	Healthy    []uint16 `json:"healthy_ports,omitempty"`
+	CertSerial string   `json:"cert_serial,omitempty"`
 }
 
 // RegistryState is the agent's link to the control plane.
@@ -72,6 +75,7 @@ func (a *Agent) Status() (Status, error) {
 		Datapath: DatapathStatus{PinPath: a.dp.PinPath(), Accel: a.dp.Accel(),
 			Counters: counters, Attachments: a.dp.Attachments()},
 		Workloads: []Workload{},
+		Denied:    a.denied.Load(), PlainRefused: a.plaintextRefused.Load(),
 	}
 	if a.client != nil {
 		cs := a.client.State()
@@ -86,6 +90,11 @@ func (a *Agent) Status() (Status, error) {
 	a.mu.Lock()
 	for _, p := range a.pods {
 		w := workloadOf(p.spec, "serving")
+		if id, leaf := p.certInfo(); leaf != nil {
+			w.Identity, w.CertExpiry, w.CertSerial = id, leaf.NotAfter.UTC().Format(time.RFC3339), fmt.Sprintf("%x", leaf.SerialNumber)
+		} else if id != "" {
+			w.Identity, w.CertExpiry = id, "pending"
+		}
 		p.mu.Lock()
 		for _, port := range p.spec.Ports {
 			if p.healthy[port] {

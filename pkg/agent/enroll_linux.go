@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -131,6 +132,12 @@ func (a *Agent) startPodLocked(spec PodSpec, inherited *podSockets, steered bool
 			a.byAddr[netip.AddrPortFrom(spec.IP, port)] = p
 		}
 	}
+	if a.ident != nil {
+		p.pool = a.newPool(p)
+		ctx, cancel := context.WithCancel(context.Background())
+		p.stopID = func() { cancel(); p.pool.Close() }
+		a.startWorkloadIdentity(ctx, p)
+	}
 	a.serve(p)
 	a.startMonitorsLocked(p)
 	if a.client != nil && len(spec.Ports) == 0 {
@@ -163,6 +170,7 @@ func (a *Agent) stopPodLocked(p *pod) error {
 	}
 	err := a.dp.UnenrollPod(p.spec.datapath())
 	p.stop()
+	p.release()
 	p.dialer.Close()
 	if p.spec.Blackhole {
 		if rerr := removeBlackhole(p.spec.Netns, a.cfg.VIPRange); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {

@@ -42,7 +42,7 @@ func (a *Agent) serveService(p *pod, c *net.TCPConn, dst netip.AddrPort) {
 		}
 		tried = append(tried, ep)
 		start := time.Now()
-		up, err := a.dialEndpoint(p, ep)
+		up, err := a.dialEndpoint(p, ep, tgt.Service.Namespace, tgt.Service.Name, c)
 		if err != nil {
 			done(err, time.Since(start))
 			a.log.Info("endpoint connect failed; trying another", "service", tgt.Service.Name, "endpoint", ep, "error", err)
@@ -56,15 +56,41 @@ func (a *Agent) serveService(p *pod, c *net.TCPConn, dst netip.AddrPort) {
 	c.SetLinger(0)
 }
 
-// dialEndpoint connects to an endpoint: in-process when a pod of this node
-// serves it, else from inside the calling pod's netns.
-func (a *Agent) dialEndpoint(p *pod, ep netip.AddrPort) (net.Conn, error) {
+// dialEndpoint connects to an endpoint of service ns/svc: in-process when
+// a pod of this node serves it (no TLS inside one agent); over an HBONE
+// tunnel to another node in a mesh with identities; plain TCP standalone.
+func (a *Agent) dialEndpoint(p *pod, ep netip.AddrPort, ns, svc string, c *net.TCPConn) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.DialTimeout)
 	defer cancel()
 	if local := a.localPod(ep); local != nil {
 		return local.dialer.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(ep.Port()))))
 	}
+	if a.ident != nil {
+		return a.tunnel(ctx, p, ns, svc, ep, c.RemoteAddr().(*net.TCPAddr).AddrPort())
+	}
 	return p.dialer.DialContext(ctx, "tcp", ep.String())
+}
+
+// serveInstance relays a connection to a mesh pod's IP:port on another
+// node through an HBONE tunnel to that instance.
+func (a *Agent) serveInstance(p *pod, c *net.TCPConn, in *api.Instance, dst, client netip.AddrPort) {
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.DialTimeout)
+	up, err := a.tunnel(ctx, p, in.Namespace, in.Service, dst, client)
+	cancel()
+	if err != nil {
+		a.log.Info("tunnel to instance failed", "dst", dst, "error", err)
+		c.SetLinger(0)
+		return
+	}
+	defer up.Close()
+	l4.Pipe(c, up)
+}
+
+// permissive tells whether a pod's service accepts plaintext inbound
+// (mtls: permissive); the default is required (STRICT).
+func (a *Agent) permissive(spec PodSpec) bool {
+	s := a.table.Service(spec.Namespace, spec.Service)
+	return s != nil && s.Mesh.GetMtls() == "permissive"
 }
 
 // serveExternal forwards to a service outside the mesh, originating TLS

@@ -7,11 +7,14 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
+	"github.com/hms-node/hms-node/pkg/agent/hbone"
 	"github.com/hms-node/hms-node/pkg/agent/health"
 	"github.com/hms-node/hms-node/pkg/agent/l4"
 	"github.com/hms-node/hms-node/pkg/agent/netns"
 	"github.com/hms-node/hms-node/pkg/datapath"
+	mtls "github.com/hms-node/hms-node/pkg/tls"
 )
 
 // PodSpec is an enrollment as persisted and as handed to a successor.
@@ -39,12 +42,14 @@ const (
 	lnOut4 = "out4" // 127.0.0.1:15001
 	lnOut6 = "out6" // [::1]:15001
 	lnIn   = "in"   // [::]:15006, dual-stack: sk_lookup assigns v4 and v6
+	// lnHBONE ([::]:15008) is in hbone_linux.go.
 )
 
 var listenAddrs = map[string]string{
 	lnOut4: "127.0.0.1:" + strconv.Itoa(datapath.OutboundPort),
 	lnOut6: "[::1]:" + strconv.Itoa(datapath.OutboundPort),
 	lnIn:   "[::]:" + strconv.Itoa(datapath.InboundPort),
+	lnHBONE: "[::]:" + strconv.Itoa(hbone.Port),
 }
 
 // pod is an enrolled pod served by this agent.
@@ -54,6 +59,11 @@ type pod struct {
 	ln     map[string]*net.TCPListener
 
 	dns4, dns6 *net.UDPConn // 127.0.0.1:15053, [::1]:15053
+
+	pool     *hbone.Pool                  // tunnels to other nodes (mesh mode)
+	hboneSrv *hbone.Server                // the pod's 15008
+	identity atomic.Pointer[mtls.Rotator] // the pod's workload certificate
+	stopID   func()
 
 	dev      bool   // a host process group (hms-node dev), not a netns
 	cgroupID uint64 // dev only
@@ -125,6 +135,22 @@ func (a *Agent) serve(p *pod) {
 	go a.acceptLoop(p, p.ln[lnOut4], a.serveOutbound)
 	go a.acceptLoop(p, p.ln[lnOut6], a.serveOutbound)
 	go a.acceptLoop(p, p.ln[lnIn], a.serveInbound)
+	if a.ident != nil {
+		a.startHBONEServer(p)
+	} else {
+		go a.refuseLoop(p.ln[lnHBONE]) // standalone: no identity to serve mTLS with
+	}
+}
+
+// refuseLoop accepts and closes, so a peer is refused at once.
+func (a *Agent) refuseLoop(l *net.TCPListener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		c.Close()
+	}
 }
 
 func (a *Agent) acceptLoop(p *pod, l *net.TCPListener, handle func(*pod, *net.TCPConn)) {
@@ -160,6 +186,10 @@ func (a *Agent) serveOutbound(p *pod, c *net.TCPConn) {
 		a.serveService(p, c, dst)
 		return
 	}
+	if in, ok := a.table.InstanceAt(dst); ok && a.ident != nil && a.localPod(dst) == nil {
+		a.serveInstance(p, c, in, dst, client)
+		return
+	}
 	// A pod of this node is served in-process: dial its application over
 	// its own loopback instead of crossing its sk_lookup and 15006 again.
 	dialer, addr := p.dialer, dst.String()
@@ -177,9 +207,17 @@ func (a *Agent) serveOutbound(p *pod, c *net.TCPConn) {
 }
 
 // serveInbound delivers a connection sk_lookup steered to 15006 to the
-// application over the pod's loopback, at the port the client dialled.
+// application over the pod's loopback, at the port the client dialled. In
+// a mesh with identities, plaintext is refused unless the service is
+// permissive (STRICT by default).
 func (a *Agent) serveInbound(p *pod, c *net.TCPConn) {
 	port := c.LocalAddr().(*net.TCPAddr).Port
+	if a.ident != nil && !a.permissive(p.spec) {
+		a.plaintextRefused.Add(1)
+		a.log.Info("plaintext refused (mtls: required)", "service", p.spec.Namespace+"/"+p.spec.Service, "from", c.RemoteAddr())
+		c.SetLinger(0)
+		return
+	}
 	up, err := p.dialer.DialContext(context.Background(), "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	if err != nil {
 		a.log.Info("application not answering", "netns", p.spec.Netns, "port", port, "error", err)
@@ -220,6 +258,17 @@ func (p *pod) stop() {
 	}
 	if p.stopMonitors != nil {
 		p.stopMonitors()
+	}
+	if p.hboneSrv != nil {
+		p.hboneSrv.Close() // tunnels already open finish
+	}
+}
+
+// release ends what outlives the listeners: the identity's rotation and
+// the tunnel pool. It runs once the pod's connections are done.
+func (p *pod) release() {
+	if p.stopID != nil {
+		p.stopID()
 	}
 }
 

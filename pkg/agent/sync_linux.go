@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -10,7 +11,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/hms-node/hms-node/pkg/agent/health"
 	"github.com/hms-node/hms-node/pkg/agent/registry"
@@ -22,20 +24,26 @@ var readFile = os.ReadFile
 // maxSnapshotBytes bounds one message from the control plane.
 const maxSnapshotBytes = 512 << 20
 
-// startRegistry connects to the control plane, when one is configured.
-// Without one the agent runs standalone: its table stays empty and only
-// plain pass-through is served.
-func (a *Agent) startRegistry(ctx context.Context) error {
+// connectControl joins the mesh (or loads the node identity of an earlier
+// run) and dials the control plane over mTLS with the node certificate.
+// Without a control plane the agent runs standalone: no registry, no
+// identities, plain pass-through.
+func (a *Agent) connectControl(ctx context.Context) error {
 	if a.cfg.Control == "" {
 		return nil
 	}
+	id, err := a.loadOrJoin(ctx)
+	if err != nil {
+		return err
+	}
 	// A snapshot of a large registry is one message (6.5 MiB for 100k
 	// instances): far past gRPC's 4 MiB default.
-	conn, err := grpc.NewClient(a.cfg.Control, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	conn, err := grpc.NewClient(a.cfg.Control, grpc.WithTransportCredentials(credentials.NewTLS(a.controlTLS(id))),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxSnapshotBytes)))
 	if err != nil {
 		return fmt.Errorf("control plane %s: %w", a.cfg.Control, err)
 	}
+	a.ident, a.control, a.idClient = id, conn, api.NewIdentityClient(conn)
 	a.client = &registry.Client{
 		Conn:      conn,
 		Node:      &api.Node{Name: a.cfg.Node, AgentVersion: a.cfg.Version},
@@ -44,11 +52,29 @@ func (a *Agent) startRegistry(ctx context.Context) error {
 		OnChange:  a.registryChanged,
 		Log:       a.log,
 	}
+	go a.renewNodeCert(ctx, id, a.idClient)
+	return nil
+}
+
+// startRegistry runs the registry stream once the pods are up, so the
+// first Hello carries them.
+func (a *Agent) startRegistry(ctx context.Context) error {
+	if a.client == nil {
+		return nil
+	}
 	go func() {
-		defer conn.Close()
+		defer a.control.Close()
 		a.client.Run(ctx)
 	}()
 	return nil
+}
+
+// rpcMessage turns a gRPC error into its one-line message.
+func rpcMessage(err error) error {
+	if s, ok := status.FromError(err); ok {
+		return errors.New(s.Message())
+	}
+	return err
 }
 
 // instances are this node's registered endpoints: one per enrolled pod and
@@ -84,6 +110,13 @@ func (p *pod) instance(node string, port uint16) *api.Instance {
 	p.mu.Lock()
 	healthy := p.healthy[port]
 	p.mu.Unlock()
+	// In a mesh with identities an instance serves nobody until its
+	// workload certificate is in: peers would be refused at the handshake.
+	if p.pool != nil {
+		if _, err := p.currentCert(); err != nil {
+			healthy = false
+		}
+	}
 	return &api.Instance{Namespace: p.spec.Namespace, Service: p.spec.Service, Node: node,
 		Ip: p.spec.IP.String(), Port: uint32(port), Healthy: healthy, Workload: p.spec.Netns}
 }

@@ -26,6 +26,7 @@ type agentsService struct {
 	heartbeat time.Duration
 	leaseTTL  int64
 	log       *slog.Logger
+	revoked   *revocations
 
 	// stop ends every stream when the replica shuts down; expiries are
 	// the lease-expiry goroutines, joined on shutdown.
@@ -35,9 +36,9 @@ type agentsService struct {
 
 // Connect serves one agent stream.
 func (a *agentsService) Connect(stream api.Agents_ConnectServer) error {
-	as := &agentStream{svc: a, stream: stream, recv: make(chan *api.AgentMessage, 16)}
-	ctx, cancel := context.WithCancel(stream.Context())
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(stream.Context())
+	defer cancel(nil)
+	as := &agentStream{svc: a, stream: stream, recv: make(chan *api.AgentMessage, 16), cancel: cancel}
 	go as.receive(ctx)
 	err := as.run(ctx)
 	if as.lease != 0 {
@@ -85,6 +86,7 @@ type agentStream struct {
 	stream  api.Agents_ConnectServer
 	recv    chan *api.AgentMessage
 	recvErr error // set before recv is closed
+	cancel  context.CancelCauseFunc
 
 	node      string
 	lease     clientv3.LeaseID
@@ -123,7 +125,7 @@ func (as *agentStream) next(ctx context.Context, deadline *time.Timer) (*api.Age
 	case <-as.svc.stop:
 		return nil, errShuttingDown
 	case <-ctx.Done():
-		return nil, status.FromContextError(ctx.Err()).Err()
+		return nil, ctxErr(ctx)
 	}
 }
 
@@ -138,6 +140,10 @@ func (as *agentStream) run(ctx context.Context) error {
 	if hello == nil {
 		return status.Error(codes.InvalidArgument, "the first message of an agent stream must be Hello")
 	}
+	if err := as.authorize(ctx, hello); err != nil {
+		return err
+	}
+	defer as.svc.revoked.untrack(as.node, as)
 	if err := as.register(ctx, hello); err != nil {
 		return err
 	}
@@ -173,7 +179,36 @@ func (as *agentStream) run(ctx context.Context) error {
 		case <-as.svc.stop:
 			return errShuttingDown
 		case <-ctx.Done():
-			return status.FromContextError(ctx.Err()).Err()
+			return ctxErr(ctx)
 		}
 	}
+}
+
+// ctxErr is why ctx ended: the cause it was canceled with when that is a
+// status (a revocation), else the context's own error as a status.
+func ctxErr(ctx context.Context) error {
+	if st, ok := status.FromError(context.Cause(ctx)); ok && st.Code() != codes.OK && st.Code() != codes.Unknown {
+		return st.Err()
+	}
+	return status.FromContextError(ctx.Err()).Err()
+}
+
+// authorize checks that the Hello's node is the caller's (its certificate
+// names it) and tracks the stream, so a revocation of the node ends it.
+func (as *agentStream) authorize(ctx context.Context, hello *api.Hello) error {
+	if hello.GetNode() == nil {
+		return status.Error(codes.InvalidArgument, "hello: node is missing")
+	}
+	c, err := callerOf(ctx)
+	if err != nil || c == nil || !c.id.IsNode() {
+		return status.Error(codes.Unauthenticated, "an agent stream needs a node certificate")
+	}
+	if name := hello.GetNode().GetName(); name != c.node {
+		return status.Errorf(codes.PermissionDenied, "hello names node %q but the certificate is node %q's", name, c.node)
+	}
+	as.node = c.node
+	if !as.svc.revoked.track(c.node, as, as.cancel) {
+		return status.Errorf(codes.PermissionDenied, "node %s is revoked", c.node)
+	}
+	return nil
 }

@@ -76,7 +76,8 @@ func (as *agentStream) instance(in *api.Instance) (string, []byte, error) {
 	return instanceKey(in), val, err
 }
 
-// putAll puts kvs under the stream's lease, in chunks of putChunk.
+// putAll puts kvs under the stream's lease, in chunks of putChunk, unless
+// the node is revoked (checked in etcd, so no replica's lag lets it back).
 func (as *agentStream) putAll(ctx context.Context, kvs map[string][]byte) error {
 	ops := make([]clientv3.Op, 0, len(kvs))
 	for k, v := range kvs {
@@ -85,10 +86,15 @@ func (as *agentStream) putAll(ctx context.Context, kvs map[string][]byte) error 
 	for len(ops) > 0 {
 		n := min(len(ops), putChunk)
 		octx, cancel := as.svc.st.opCtx(ctx)
-		_, err := as.svc.st.cli.Txn(octx).Then(ops[:n]...).Commit()
+		resp, err := as.svc.st.cli.Txn(octx).
+			If(clientv3.Compare(clientv3.CreateRevision(revocationKey(as.node)), "=", 0)).
+			Then(ops[:n]...).Commit()
 		cancel()
 		if err != nil {
 			return storeErr(ctx, err, true)
+		}
+		if !resp.Succeeded {
+			return status.Errorf(codes.PermissionDenied, "node %s is revoked", as.node)
 		}
 		ops = ops[n:]
 	}
@@ -117,6 +123,7 @@ func (as *agentStream) sync(ctx context.Context, resume int64) (*subscription, e
 		snap := &api.Snapshot{
 			Revision: v.rev, Services: v.services, Instances: v.instances, Externals: v.externals,
 			Routes: v.routes, Limits: v.limits, HeartbeatMs: as.svc.heartbeat.Milliseconds(),
+			Revocations: v.revoked, Nodes: v.nodes,
 		}
 		if err := as.stream.Send(&api.ControlMessage{Msg: &api.ControlMessage_Snapshot{Snapshot: snap}}); err != nil {
 			as.svc.hub.unsubscribe(sub)

@@ -134,7 +134,8 @@ func instanceCount(t *testing.T, reg api.RegistryClient, node string) int {
 func TestAgentSnapshotThenDelta(t *testing.T) {
 	t.Parallel()
 	s, _ := startServer(t, testConfig(t))
-	reg, agents := dial(t, s)
+	reg, _ := dial(t, s)
+	agents := nodeAgents(t, s, "n1")
 	apply(t, reg, svc("web", 80))
 
 	a := connectAgent(t, agents, hello("n1", 0, inst("web", "pod-1", "10.1.0.1")))
@@ -165,7 +166,7 @@ func TestAgentSnapshotThenDelta(t *testing.T) {
 func TestAgentFirstMessageMustBeHello(t *testing.T) {
 	t.Parallel()
 	s, _ := startServer(t, testConfig(t))
-	_, agents := dial(t, s)
+	agents := nodeAgents(t, s, "n1")
 	stream, err := agents.Connect(ctxT(t, 5*time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -187,7 +188,8 @@ func TestAgentFirstMessageMustBeHello(t *testing.T) {
 func TestAgentInstancesVanishAfterStreamEnds(t *testing.T) {
 	t.Parallel()
 	s, _ := startServer(t, testConfig(t))
-	reg, agents := dial(t, s)
+	reg, _ := dial(t, s)
+	agents := nodeAgents(t, s, "n1")
 	a := connectAgent(t, agents, hello("n1", 0, inst("web", "pod-1", "10.1.0.1"), inst("web", "pod-2", "10.1.0.2")))
 	a.next(5 * time.Second)
 	if n := instanceCount(t, reg, "n1"); n != 2 {
@@ -216,7 +218,8 @@ func TestAgentInstancesVanishAfterStreamEnds(t *testing.T) {
 func TestAgentOverlappingStreamsKeepInstances(t *testing.T) {
 	t.Parallel()
 	s, _ := startServer(t, testConfig(t))
-	reg, agents := dial(t, s)
+	reg, _ := dial(t, s)
+	agents := nodeAgents(t, s, "n1")
 	ins := []*api.Instance{inst("web", "pod-1", "10.1.0.1"), inst("web", "pod-2", "10.1.0.2")}
 	old := connectAgent(t, agents, hello("n1", 0, ins...))
 	old.next(5 * time.Second)
@@ -238,7 +241,8 @@ func TestAgentResumeAfterRestart(t *testing.T) {
 	t.Parallel()
 	cfg := testConfig(t)
 	s, stop := startServer(t, cfg)
-	reg, agents := dial(t, s)
+	reg, _ := dial(t, s)
+	agents := nodeAgents(t, s, "n1")
 	a := connectAgent(t, agents, hello("n1", 0))
 	if a.next(5*time.Second).GetSnapshot() == nil {
 		t.Fatal("first message is not a snapshot")
@@ -249,7 +253,8 @@ func TestAgentResumeAfterRestart(t *testing.T) {
 	stop()
 
 	s2, _ := startServer(t, cfg)
-	reg2, agents2 := dial(t, s2)
+	reg2, _ := dial(t, s2)
+	agents2 := nodeAgents(t, s2, "n1")
 	newer := apply(t, reg2, svc("two", 80)).Results[0].Service.Revision
 	b := connectAgent(t, agents2, hello("n1", seen))
 	var got []int64
@@ -266,7 +271,7 @@ func TestAgentResumeAfterRestart(t *testing.T) {
 	t.Logf("resumed from %d: deltas %v, no snapshot", seen, got)
 
 	// A revision this etcd never had (another cluster's) gets a snapshot.
-	c := connectAgent(t, agents2, hello("n2", newer+1000000))
+	c := connectAgent(t, nodeAgents(t, s2, "n2"), hello("n2", newer+1000000))
 	if snap := c.next(5 * time.Second).GetSnapshot(); snap == nil || len(snap.Services) != 2 {
 		t.Fatalf("resume from a future revision: %v, want a snapshot of 2 services", snap)
 	}

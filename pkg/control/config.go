@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
 	"time"
+
+	mtls "github.com/hms-node/hms-node/pkg/tls"
 )
 
 // Config configures a control-plane replica. The zero value of every field
@@ -35,6 +38,21 @@ type Config struct {
 	Heartbeat time.Duration
 	// RequestTimeout bounds every etcd operation. Default 5s.
 	RequestTimeout time.Duration
+	// TrustDomain is the SPIFFE trust domain of every identity the CA
+	// issues. Default "cluster.local".
+	TrustDomain string
+	// CertTTL is the lifetime of node and workload certificates (and of the
+	// API's serving certificate, renewed at half-life). Default 24h.
+	CertTTL time.Duration
+	// KEKFile is the key-encryption key that seals the CA's root key in
+	// etcd; every replica must have the same one. Created (0600) when
+	// absent. Default DataDir/kek. Unused with CACert.
+	KEKFile string
+	// CACert and CAKey are the paths of an operator's intermediate CA (the
+	// certificate followed by its chain up to the root, and its key). Set,
+	// no root is generated and nothing of the CA is stored in etcd; every
+	// replica must be given the same files.
+	CACert, CAKey string
 	// Log receives the control plane's logs (and etcd's warnings). Default
 	// slog.Default().
 	Log *slog.Logger
@@ -49,6 +67,8 @@ const (
 	DefaultEtcdPeerPort   = 12380
 	DefaultHeartbeat      = 5 * time.Second
 	DefaultRequestTimeout = 5 * time.Second
+	DefaultTrustDomain    = "cluster.local"
+	DefaultCertTTL        = 24 * time.Hour
 )
 
 // defaultVIPCIDR is reserved space (240/4) that no real network uses.
@@ -83,6 +103,24 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
+	}
+	if cfg.TrustDomain == "" {
+		cfg.TrustDomain = DefaultTrustDomain
+	}
+	if cfg.CertTTL == 0 {
+		cfg.CertTTL = DefaultCertTTL
+	}
+	if cfg.KEKFile == "" {
+		cfg.KEKFile = filepath.Join(cfg.DataDir, "kek")
+	}
+	if err := mtls.CheckTrustDomain(cfg.TrustDomain); err != nil {
+		return cfg, err
+	}
+	switch {
+	case cfg.CertTTL < time.Minute:
+		return cfg, fmt.Errorf("cert ttl %s is too short (at least 1m)", cfg.CertTTL)
+	case (cfg.CACert == "") != (cfg.CAKey == ""):
+		return cfg, errors.New("ca cert and ca key must be given together")
 	}
 	switch {
 	case cfg.Heartbeat < 0 || cfg.RequestTimeout < 0:

@@ -2,17 +2,20 @@ package control
 
 import (
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/hms-node/hms-node/pkg/api"
+	mtls "github.com/hms-node/hms-node/pkg/tls"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 )
 
 // freePort returns a loopback TCP port that was free a moment ago.
@@ -84,20 +87,106 @@ func etcdClient(t *testing.T, endpoint string) *clientv3.Client {
 	return cli
 }
 
-// dial returns gRPC clients of s.
-func dial(t *testing.T, s *Server) (api.RegistryClient, api.AgentsClient) {
+// dial returns the admin's clients of s, with the credential of its
+// admin.yaml, as the CLI does.
+func dial(t *testing.T, s *Server) (api.RegistryClient, api.IdentityClient) {
 	t.Helper()
-	return dialAddr(t, s.Addr())
+	cc := adminConn(t, s)
+	return api.NewRegistryClient(cc), api.NewIdentityClient(cc)
 }
 
-func dialAddr(t *testing.T, addr string) (api.RegistryClient, api.AgentsClient) {
+func adminConn(t *testing.T, s *Server) *grpc.ClientConn {
 	t.Helper()
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	ac, err := LoadAdminConfig(filepath.Join(s.cfg.DataDir, "admin.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := ac.TLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dialTLS(t, s.Addr(), tc)
+}
+
+func dialTLS(t *testing.T, addr string, tc *tls.Config) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return api.NewRegistryClient(cc), api.NewAgentsClient(cc)
+	return cc
+}
+
+// createToken makes a join token as the admin.
+func createToken(t *testing.T, s *Server, ttl time.Duration) string {
+	t.Helper()
+	_, id := dial(t, s)
+	r, err := id.CreateToken(ctxT(t, 10*time.Second), &api.CreateTokenRequest{TtlMs: ttl.Milliseconds()})
+	if err != nil {
+		t.Fatalf("create token: %v", err)
+	}
+	return r.Token
+}
+
+// join spends token on a certificate of node, as an agent's first contact
+// does: no client certificate, the CA pinned by the token's hash.
+func join(t *testing.T, s *Server, token, node string) (*api.JoinResponse, *tls.Certificate, error) {
+	t.Helper()
+	tc, err := JoinTLS(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := mtls.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := mtls.NewCSR(key, mtls.NodeID(DefaultTrustDomain, node))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := api.NewIdentityClient(dialTLS(t, s.Addr(), tc))
+	r, err := id.Join(ctxT(t, 10*time.Second), &api.JoinRequest{Token: token, Node: node, Csr: csr})
+	if err != nil {
+		return nil, nil, err
+	}
+	kp, err := mtls.KeyPair(r.ChainPem, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, kp, nil
+}
+
+// testNode is a joined node's certificate and clients.
+type testNode struct {
+	name     string
+	cert     *tls.Certificate
+	bundle   []byte
+	agents   api.AgentsClient
+	identity api.IdentityClient
+	registry api.RegistryClient // to check that a node is no admin
+}
+
+// joinNode creates a token, joins node with it and dials s as the node.
+func joinNode(t *testing.T, s *Server, node string) *testNode {
+	t.Helper()
+	r, kp, err := join(t, s, createToken(t, s, time.Minute), node)
+	if err != nil {
+		t.Fatalf("join %s: %v", node, err)
+	}
+	return nodeWithCert(t, s, node, r.BundlePem, kp)
+}
+
+func nodeWithCert(t *testing.T, s *Server, node string, bundle []byte, kp *tls.Certificate) *testNode {
+	cc := dialTLS(t, s.Addr(), AgentTLS(bundle, mtls.StaticClientCertificate(kp)))
+	return &testNode{name: node, cert: kp, bundle: bundle, agents: api.NewAgentsClient(cc),
+		identity: api.NewIdentityClient(cc), registry: api.NewRegistryClient(cc)}
+}
+
+// nodeAgents is the Agents client of a freshly joined node.
+func nodeAgents(t *testing.T, s *Server, node string) api.AgentsClient {
+	t.Helper()
+	return joinNode(t, s, node).agents
 }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {

@@ -26,6 +26,12 @@ const (
 type hub struct {
 	cli *clientv3.Client
 	log *slog.Logger
+	// observe, when set, sees every delta the watch decodes (replays
+	// included) before the streams do; it feeds the revocation set.
+	observe func(*api.Delta)
+	// resync, when set, is called after history was compacted past the
+	// watch (observe missed changes): it reloads what observe feeds.
+	resync func()
 
 	// mu guards the fields below.
 	mu   sync.Mutex
@@ -101,6 +107,9 @@ func (h *hub) watch(ctx context.Context, from int64, ok func()) (int64, error) {
 			h.log.Warn("registry history compacted past the watch; re-syncing agents",
 				"from", from, "compacted", resp.CompactRevision)
 			h.reset(resp.CompactRevision - 1)
+			if h.resync != nil {
+				h.resync()
+			}
 			return resp.CompactRevision, nil
 		}
 		if err := resp.Err(); err != nil {
@@ -108,6 +117,9 @@ func (h *hub) watch(ctx context.Context, from int64, ok func()) (int64, error) {
 		}
 		ok()
 		for _, d := range h.decode(resp.Events) {
+			if h.observe != nil {
+				h.observe(d)
+			}
 			h.publish(d)
 			from = d.Revision + 1
 		}

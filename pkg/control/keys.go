@@ -20,6 +20,9 @@ import (
 //	routes/<ns>/<svc>/<id>            api.Route
 //	ratelimits/<ns>/<svc>             api.RateLimit
 //	vips/<ip>                         the owner's key, e.g. "services/default/web"
+//	revocations/<node>                api.Revocation (permanent)
+//	tokens/<id>                       "<secret hash> <expiry unix ms>" (under a lease of the token's ttl)
+//	ca/root                           the CA root, sealed with the KEK (mtls.Seal)
 const prefix = "/hms/v1/"
 
 // Key kinds: the first segment after prefix.
@@ -31,7 +34,12 @@ const (
 	kindRoute     = "routes"
 	kindRateLimit = "ratelimits"
 	kindVIP       = "vips"
+	kindRevoked   = "revocations"
+	kindToken     = "tokens"
 )
+
+// caRootKey holds the sealed root, created once by the first replica.
+const caRootKey = prefix + "ca/root"
 
 const defaultNamespace = "default"
 
@@ -56,6 +64,8 @@ func vipKey(ip string) string            { return prefix + kindVIP + "/" + ip }
 func rateLimitKey(ns, svc string) string { return prefix + kindRateLimit + "/" + ns + "/" + svc }
 func routesPrefix(ns, svc string) string { return prefix + kindRoute + "/" + ns + "/" + svc + "/" }
 func kindPrefix(kind string) string      { return prefix + kind + "/" }
+func revocationKey(node string) string   { return prefix + kindRevoked + "/" + node }
+func tokenKey(id string) string          { return prefix + kindToken + "/" + id }
 
 // instanceKey is deterministic from (ns, svc, node, workload), so the same
 // workload re-registered (reconnect, agent upgrade) overwrites its key. A
@@ -80,7 +90,7 @@ func keyKind(key string) string {
 
 // decodeChange decodes value (the object stored at key, with its etcd mod
 // revision) into the object field of a Change. It returns a nil Change for
-// keys that agents do not see (vips, foreign keys).
+// keys that agents do not see (vips, tokens, the CA, foreign keys).
 func decodeChange(key string, value []byte, modRev int64) (*api.Change, error) {
 	c := &api.Change{Key: relKey(key)}
 	var err error
@@ -111,6 +121,10 @@ func decodeChange(key string, value []byte, modRev int64) (*api.Change, error) {
 		m := &api.RateLimit{}
 		err = proto.Unmarshal(value, m)
 		c.Object = &api.Change_Limit{Limit: m}
+	case kindRevoked:
+		m := &api.Revocation{}
+		err = proto.Unmarshal(value, m)
+		c.Object = &api.Change_Revocation{Revocation: m}
 	default:
 		return nil, nil
 	}

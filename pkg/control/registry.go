@@ -7,8 +7,10 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"time"
 
 	"github.com/hms-node/hms-node/pkg/api"
+	mtls "github.com/hms-node/hms-node/pkg/tls"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -17,7 +19,9 @@ import (
 // registryService implements api.RegistryServer on the store.
 type registryService struct {
 	api.UnimplementedRegistryServer
-	st *store
+	st          *store
+	trustDomain string
+	certTTL     time.Duration
 }
 
 // Apply creates or updates every service of the request in one etcd
@@ -54,7 +58,11 @@ func (r *registryService) Apply(ctx context.Context, req *api.ApplyRequest) (*ap
 	out := &api.ApplyResponse{Results: make([]*api.ApplyResult, len(svcs))}
 	for i, svc := range svcs {
 		svc.Vip, svc.Revision = res[i].vip, rev
-		out.Results[i] = &api.ApplyResult{Service: svc, Created: res[i].created}
+		out.Results[i] = &api.ApplyResult{
+			Service: svc, Created: res[i].created,
+			Identity:  mtls.WorkloadID(r.trustDomain, svc.Namespace, svc.Name),
+			CertTtlMs: r.certTTL.Milliseconds(),
+		}
 	}
 	r.st.log.Info("applied services", "count", len(svcs), "revision", rev)
 	return out, nil

@@ -43,9 +43,13 @@ func TestApplyCreatesWithVIPAndUpdateKeepsIt(t *testing.T) {
 		t.Fatalf("list after update = %v", l.Services)
 	}
 	// Admin config for the CLI, 0600.
-	b, err := os.ReadFile(filepath.Join(cfg.DataDir, "admin.yaml"))
-	if err != nil || strings.TrimSpace(string(b)) != `control: "`+s.Addr()+`"` {
-		t.Fatalf("admin.yaml = %q, %v", b, err)
+	ac, err := LoadAdminConfig(filepath.Join(cfg.DataDir, "admin.yaml"))
+	if err != nil || ac.Control != s.Addr() || !strings.Contains(ac.CA, "BEGIN CERTIFICATE") ||
+		!strings.Contains(ac.Cert, "BEGIN CERTIFICATE") || !strings.Contains(ac.Key, "BEGIN PRIVATE KEY") {
+		t.Fatalf("admin.yaml = %+v, %v", ac, err)
+	}
+	if res.Identity != "spiffe://cluster.local/ns/default/sa/web" || res.CertTtlMs != DefaultCertTTL.Milliseconds() {
+		t.Fatalf("apply result identity %q, cert ttl %dms", res.Identity, res.CertTtlMs)
 	}
 	if fi, _ := os.Stat(filepath.Join(cfg.DataDir, "admin.yaml")); fi.Mode().Perm() != 0o600 {
 		t.Fatalf("admin.yaml mode %v", fi.Mode())
@@ -133,7 +137,7 @@ func TestDeleteReleasesVIP(t *testing.T) {
 	for _, kv := range left.Kvs {
 		keys = append(keys, relKey(string(kv.Key)))
 	}
-	if want := []string{"ratelimits/default/b", "services/default/b", "vips/240.240.0.3"}; !slices.Equal(keys, want) {
+	if want := []string{"ca/root", "ratelimits/default/b", "services/default/b", "vips/240.240.0.3"}; !slices.Equal(keys, want) {
 		t.Fatalf("keys after delete %v, want %v", keys, want)
 	}
 	got := apply(t, reg, svc("c", 80)).Results[0].Service.Vip
@@ -189,6 +193,7 @@ func TestTwoReplicasConcurrentApplies(t *testing.T) {
 	s1, _ := startServer(t, cfg)
 	cfg2 := testConfig(t)
 	cfg2.EtcdEndpoints = []string{"http://127.0.0.1:" + itoa(cfg.EtcdClientPort)}
+	cfg2.KEKFile = filepath.Join(cfg.DataDir, "kek")
 	s2, _ := startServer(t, cfg2)
 	regs := []api.RegistryClient{}
 	for _, s := range []*Server{s1, s2} {

@@ -8,13 +8,15 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/hms-node/hms-node/pkg/api"
+	mtls "github.com/hms-node/hms-node/pkg/tls"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 )
 
@@ -96,21 +98,50 @@ func (s *Server) Run(ctx context.Context) error {
 	return s.serve(ctx, cli)
 }
 
-// serve runs the hub, the gRPC and the HTTP servers on cli until ctx ends.
+// serve loads the CA, then runs the hub, the gRPC and the HTTP servers on
+// cli until ctx ends.
 func (s *Server) serve(ctx context.Context, cli *clientv3.Client) error {
 	st := &store{cli: cli, cidr: s.cfg.VIPCIDR, timeout: s.cfg.RequestTimeout, log: s.log}
+	revoked := newRevocations()
 	h := newHub(cli, s.log)
+	h.observe = revoked.observe
+	h.resync = func() {
+		if err := loadRevocations(ctx, st, revoked); err != nil {
+			s.log.Warn("reloading revocations failed", "err", err)
+		}
+	}
 	from, err := s.startHub(ctx, h)
 	if err != nil {
 		return err
 	}
-	stop := make(chan struct{})
-	var expiries sync.WaitGroup
-	gs := s.newGRPC(st, h, stop, &expiries)
+	ca, err := s.loadCA(ctx, cli)
+	if err != nil {
+		return err
+	}
+	if err := loadRevocations(ctx, st, revoked); err != nil {
+		return err
+	}
 	lis, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen for the api on %s: %w", s.cfg.Listen, err)
 	}
+	rotCtx, stopRot := context.WithCancel(ctx)
+	defer stopRot()
+	rot := s.servingRotator(ca, lis.Addr())
+	if err := rot.Start(rotCtx); err != nil {
+		lis.Close()
+		return fmt.Errorf("serving certificate: %w", err)
+	}
+	defer rot.Wait()
+	defer stopRot()
+	admin, err := s.adminConfig(ca)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	stop := make(chan struct{})
+	var expiries sync.WaitGroup
+	gs := s.newGRPC(grpcDeps{st: st, hub: h, ca: ca, revoked: revoked, rot: rot}, stop, &expiries)
 	hs, hlis, err := s.listenHTTP(cli)
 	if err != nil {
 		lis.Close()
@@ -129,11 +160,12 @@ func (s *Server) serve(ctx context.Context, cli *clientv3.Client) error {
 	if hs != nil {
 		goRun(&wg, errc, "http", func() error { return ignoreClosed(hs.Serve(hlis)) })
 	}
-	if err := writeAdminConfig(s.cfg.DataDir, lis.Addr()); err != nil {
+	if err := writeAdminConfig(s.cfg.DataDir, lis.Addr(), admin); err != nil {
 		s.log.Warn("cannot write the admin config", "err", err)
 	}
 	close(s.ready)
-	s.log.Info("control plane serving", "api", s.addr, "http", s.cfg.HTTPAddr, "etcd", s.etcdEndpoints())
+	s.log.Info("control plane serving", "api", s.addr, "http", s.cfg.HTTPAddr, "etcd", s.etcdEndpoints(),
+		"trust_domain", ca.TrustDomain, "ca", ca.Hash())
 
 	select {
 	case <-ctx.Done():
@@ -153,18 +185,55 @@ func (s *Server) serve(ctx context.Context, cli *clientv3.Client) error {
 	return err
 }
 
-// newGRPC is the API server: large requests (a big manifest) are fine,
-// agents may ping.
-func (s *Server) newGRPC(st *store, h *hub, stop <-chan struct{}, expiries *sync.WaitGroup) *grpc.Server {
+// adminConfig issues the admin credential for admin.yaml.
+func (s *Server) adminConfig(ca *mtls.CA) (AdminConfig, error) {
+	cert, key, err := adminCredential(ca)
+	if err != nil {
+		return AdminConfig{}, fmt.Errorf("admin credential: %w", err)
+	}
+	return AdminConfig{CA: string(ca.BundlePEM()), Cert: string(cert), Key: string(key)}, nil
+}
+
+// loadRevocations fills the set from etcd; the hub's watch keeps it.
+func loadRevocations(ctx context.Context, st *store, r *revocations) error {
+	octx, cancel := st.opCtx(ctx)
+	defer cancel()
+	resp, err := st.cli.Get(octx, kindPrefix(kindRevoked), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return fmt.Errorf("read revocations: %w", err)
+	}
+	for _, kv := range resp.Kvs {
+		r.set(strings.TrimPrefix(string(kv.Key), kindPrefix(kindRevoked)), true)
+	}
+	return nil
+}
+
+// grpcDeps is what the API's services share.
+type grpcDeps struct {
+	st      *store
+	hub     *hub
+	ca      *mtls.CA
+	revoked *revocations
+	rot     *mtls.Rotator
+}
+
+// newGRPC is the API server, on TLS 1.3 from the mesh CA with every call
+// authorized: large requests (a big manifest) are fine, agents may ping.
+func (s *Server) newGRPC(d grpcDeps, stop <-chan struct{}, expiries *sync.WaitGroup) *grpc.Server {
+	auth := &authorizer{admin: mtls.WorkloadID(d.ca.TrustDomain, systemNamespace, adminService), revoked: d.revoked}
 	gs := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(serverTLS(d.ca, d.rot.GetCertificate))),
+		grpc.UnaryInterceptor(auth.unary),
+		grpc.StreamInterceptor(auth.stream),
 		grpc.MaxRecvMsgSize(etcdMaxRequestBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
-	api.RegisterRegistryServer(gs, &registryService{st: st})
+	api.RegisterRegistryServer(gs, &registryService{st: d.st, trustDomain: d.ca.TrustDomain, certTTL: s.cfg.CertTTL})
 	api.RegisterAgentsServer(gs, &agentsService{
-		st: st, hub: h, heartbeat: s.cfg.Heartbeat, leaseTTL: s.cfg.leaseTTL(), log: s.log,
-		stop: stop, expiries: expiries,
+		st: d.st, hub: d.hub, heartbeat: s.cfg.Heartbeat, leaseTTL: s.cfg.leaseTTL(), log: s.log,
+		revoked: d.revoked, stop: stop, expiries: expiries,
 	})
+	api.RegisterIdentityServer(gs, &identityService{st: d.st, ca: d.ca, ttl: s.cfg.CertTTL, revoked: d.revoked, log: s.log})
 	return gs
 }
 
@@ -212,34 +281,4 @@ func ignoreClosed(err error) error {
 		return nil
 	}
 	return err
-}
-
-// writeAdminConfig writes <dataDir>/admin.yaml (mode 0600), the CLI's way
-// to the API. An unspecified listen address is written as loopback.
-func writeAdminConfig(dataDir string, addr net.Addr) error {
-	host, port, err := net.SplitHostPort(addr.String())
-	if err != nil {
-		return err
-	}
-	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
-		host = "127.0.0.1"
-	}
-	body := fmt.Sprintf("control: %q\n", net.JoinHostPort(host, port))
-	tmp, err := os.CreateTemp(dataDir, ".admin.yaml.*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.WriteString(body); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), filepath.Join(dataDir, "admin.yaml"))
 }

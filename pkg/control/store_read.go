@@ -19,6 +19,7 @@ type view struct {
 	nodes     []*api.Node
 	routes    []*api.Route
 	limits    []*api.RateLimit
+	revoked   []*api.Revocation
 }
 
 // readAll is one consistent Get of the whole registry prefix.
@@ -55,6 +56,8 @@ func (v *view) add(c *api.Change) {
 		v.routes = append(v.routes, o.Route)
 	case *api.Change_Limit:
 		v.limits = append(v.limits, o.Limit)
+	case *api.Change_Revocation:
+		v.revoked = append(v.revoked, o.Revocation)
 	}
 }
 

@@ -1,0 +1,166 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/hms-node/hms-node/pkg/agent/hbone"
+	"github.com/hms-node/hms-node/pkg/api"
+	mtls "github.com/hms-node/hms-node/pkg/tls"
+)
+
+type poolKey = hbone.Key
+
+// lnHBONE is the pod's in-pod mTLS listener, [::]:15008.
+const lnHBONE = "hbone"
+
+// verifier checks peers against the mesh roots and refuses revoked nodes.
+func (a *Agent) verifier() *mtls.Verifier {
+	return &mtls.Verifier{Roots: a.ident.roots, TrustDomain: a.ident.trustDomain, Revoked: a.table.Revoked}
+}
+
+// newPool is the pod's HBONE client pool: tunnels are dialled from inside
+// the pod's netns, with the pod's workload certificate.
+func (a *Agent) newPool(p *pod) *hbone.Pool {
+	return &hbone.Pool{
+		Log: a.log,
+		Dial: func(ctx context.Context, ip netip.Addr) (net.Conn, error) {
+			return p.dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(ip, hbone.Port).String())
+		},
+		TLS: func(k hbone.Key) *tls.Config {
+			return mtls.ClientConfig(p.getClientCert, a.verifier(), mtls.ExpectID(k.Dst))
+		},
+	}
+}
+
+// startHBONEServer serves the pod's 15008: the pod's certificate, the
+// caller's verified, the destination's policy checked, then the
+// application over the pod's loopback.
+func (a *Agent) startHBONEServer(p *pod) {
+	p.hboneSrv = &hbone.Server{Log: a.log,
+		TLS: mtls.ServerConfig(p.getCert, a.verifier(), nil),
+		Handle: func(ctx context.Context, r *hbone.Request) (net.Conn, error) {
+			return a.acceptTunnel(ctx, p, r)
+		}}
+	go p.hboneSrv.Serve(p.ln[lnHBONE])
+}
+
+func (a *Agent) acceptTunnel(ctx context.Context, p *pod, r *hbone.Request) (net.Conn, error) {
+	caller, err := mtls.PeerID(r.State)
+	if err != nil {
+		return nil, a.deny(p, "", "no identity", err)
+	}
+	dst, err := netip.ParseAddrPort(r.Authority)
+	if err != nil || dst.Addr().Unmap() != p.spec.IP || !hasPort(p.spec.Ports, dst.Port()) {
+		return nil, a.deny(p, caller.String(), "wrong authority", fmt.Errorf("%q is not a port of this pod", r.Authority))
+	}
+	if err := a.authorize(p.spec, caller); err != nil {
+		return nil, a.deny(p, caller.String(), "policy", err)
+	}
+	return p.dialer.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(dst.Port()))))
+}
+
+// deny counts and logs a refused tunnel; the caller's agent resets the
+// application's connection.
+func (a *Agent) deny(p *pod, caller, reason string, err error) error {
+	a.denied.Add(1)
+	a.log.Warn("denied", "callee", p.spec.Namespace+"/"+p.spec.Service, "caller", caller, "reason", reason, "error", err)
+	return fmt.Errorf("%w: %v", hbone.ErrDenied, err)
+}
+
+// authorize applies the destination service's allow_from: allow_from_any,
+// "svc" (same namespace), "ns/svc", "ns/*"; without a policy only callers
+// of the same namespace are allowed.
+func (a *Agent) authorize(dst PodSpec, caller mtls.ID) error {
+	if caller.IsNode() {
+		return fmt.Errorf("%s is a node identity, not a workload", caller)
+	}
+	var mesh *api.MeshPolicy
+	if s := a.table.Service(dst.Namespace, dst.Service); s != nil {
+		mesh = s.Mesh
+	}
+	if mesh.GetAllowFromAny() {
+		return nil
+	}
+	if len(mesh.GetAllowFrom()) == 0 {
+		if caller.Namespace == dst.Namespace {
+			return nil
+		}
+		return fmt.Errorf("%s/%s is in another namespace and %s/%s has no allow_from", caller.Namespace, caller.Service, dst.Namespace, dst.Service)
+	}
+	for _, rule := range mesh.GetAllowFrom() {
+		ns, svc, ok := strings.Cut(rule, "/")
+		if !ok {
+			ns, svc = dst.Namespace, rule
+		}
+		if ns == caller.Namespace && (svc == "*" || svc == caller.Service) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s/%s is not in allow_from of %s/%s", caller.Namespace, caller.Service, dst.Namespace, dst.Service)
+}
+
+func hasPort(ports []uint16, p uint16) bool {
+	for _, q := range ports {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
+
+// tunnel opens an HBONE tunnel from pod p to a workload of service (ns,
+// svc) at ep, on the node's behalf of the pod's identity.
+func (a *Agent) tunnel(ctx context.Context, p *pod, ns, svc string, ep netip.AddrPort, client netip.AddrPort) (net.Conn, error) {
+	r := p.identity.Load()
+	if r == nil || r.Certificate() == nil {
+		return nil, errors.New("this pod has no workload certificate yet")
+	}
+	k := hbone.Key{Src: r.ID, Dst: mtls.WorkloadID(a.ident.trustDomain, ns, svc), IP: ep.Addr()}
+	hdr := http.Header{}
+	hdr.Set("Forwarded", fmt.Sprintf("for=%q", netip.AddrPortFrom(p.spec.IP, client.Port()).String()))
+	hdr.Set("traceparent", newTraceparent())
+	return p.pool.Connect(ctx, k, ep.String(), hdr)
+}
+
+// newTraceparent starts a W3C trace context for a connection.
+func newTraceparent() string {
+	var b [24]byte
+	rand.Read(b[:])
+	return "00-" + hex.EncodeToString(b[:16]) + "-" + hex.EncodeToString(b[16:]) + "-01"
+}
+
+// certExpiry is the pod's workload identity and certificate expiry for
+// status.
+func (p *pod) certInfo() (id string, leaf *x509.Certificate) {
+	r := p.identity.Load()
+	if r == nil {
+		return "", nil
+	}
+	return r.ID, r.Leaf()
+}
+
+func (p *pod) getCert(*tls.ClientHelloInfo) (*tls.Certificate, error) { return p.currentCert() }
+
+func (p *pod) getClientCert(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	return p.currentCert()
+}
+
+func (p *pod) currentCert() (*tls.Certificate, error) {
+	if r := p.identity.Load(); r != nil {
+		if c := r.Certificate(); c != nil {
+			return c, nil
+		}
+	}
+	return nil, errors.New("no workload certificate yet")
+}
