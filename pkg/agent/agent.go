@@ -137,16 +137,16 @@ type Agent struct {
 	api      *apiServer
 	takeover net.Listener // Socket + ".handover"
 
-	table       *registry.Table
-	client      *registry.Client // nil when standalone
-	ident       *nodeIdentity    // nil when standalone: no mTLS
-	idClient    api.IdentityClient
-	control     *grpc.ClientConn
+	table    *registry.Table
+	client   *registry.Client // nil when standalone
+	ident    *nodeIdentity    // nil when standalone: no mTLS
+	idClient api.IdentityClient
+	control  *grpc.ClientConn
 
 	denied           atomic.Uint64 // HBONE tunnels refused by policy or identity
 	plaintextRefused atomic.Uint64 // plaintext refused by mtls: required
-	dns         *dns.Server
-	externalCAs *x509.CertPool
+	dns              *dns.Server
+	externalCAs      *x509.CertPool
 
 	vipMu sync.Mutex                // guards vips
 	vips  map[netip.AddrPort]uint32 // what hms_vips holds

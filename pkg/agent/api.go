@@ -21,7 +21,7 @@ type Status struct {
 	Node          string         `json:"node"`
 	Version       string         `json:"version"`
 	UptimeSeconds int64          `json:"uptime_seconds"`
-	Control       string         `json:"control"` // one line for people
+	Control       string         `json:"control"`           // one line for people
 	Denied        uint64         `json:"denied"`            // tunnels refused (identity, policy)
 	PlainRefused  uint64         `json:"plaintext_refused"` // plaintext refused by mtls: required
 	Registry      *RegistryState `json:"registry,omitempty"`

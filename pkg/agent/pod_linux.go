@@ -46,9 +46,9 @@ const (
 )
 
 var listenAddrs = map[string]string{
-	lnOut4: "127.0.0.1:" + strconv.Itoa(datapath.OutboundPort),
-	lnOut6: "[::1]:" + strconv.Itoa(datapath.OutboundPort),
-	lnIn:   "[::]:" + strconv.Itoa(datapath.InboundPort),
+	lnOut4:  "127.0.0.1:" + strconv.Itoa(datapath.OutboundPort),
+	lnOut6:  "[::1]:" + strconv.Itoa(datapath.OutboundPort),
+	lnIn:    "[::]:" + strconv.Itoa(datapath.InboundPort),
 	lnHBONE: "[::]:" + strconv.Itoa(hbone.Port),
 }
 
