@@ -61,6 +61,8 @@ func controlCmd() *cobra.Command {
 	f.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "trust domain of the mesh's SPIFFE IDs")
 	f.DurationVar(&cfg.CertTTL, "cert-ttl", 24*time.Hour, "lifetime of workload and node certificates (rotated at half-life)")
 	f.StringVar(&cfg.KEKFile, "kek-file", "", "key-encryption key of the CA's root key in etcd (default <data-dir>/kek; the same file on every replica)")
+	f.StringVar(&cfg.CACert, "ca-cert", "", "an operator's intermediate CA certificate (with its chain to the root) instead of a generated root")
+	f.StringVar(&cfg.CAKey, "ca-key", "", "the key of --ca-cert")
 	f.DurationVar(&cfg.Heartbeat, "heartbeat", 0, "agents' heartbeat interval; instances vanish after 3 missed (default 5s)")
 	return cmd
 }

@@ -39,13 +39,16 @@ func freePort(t testing.TB) int {
 // vanish after three of them.
 const heartbeat = 300 * time.Millisecond
 
-func newControl(t testing.TB) *controlProc {
+// newControl starts a control plane; extra flags are appended (e.g.
+// --cert-ttl).
+func newControl(t testing.TB, extra ...string) *controlProc {
 	t.Helper()
 	dir := t.TempDir()
 	c := &controlProc{t: t, dir: dir, addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), logPath: filepath.Join(dir, "control.log")}
 	c.args = []string{"control", "--data-dir", filepath.Join(dir, "data"), "--listen", c.addr, "--http-addr", "off",
 		"--etcd-client-port", fmt.Sprint(freePort(t)), "--etcd-peer-port", fmt.Sprint(freePort(t)),
 		"--heartbeat", heartbeat.String()}
+	c.args = append(c.args, extra...)
 	t.Cleanup(func() {
 		c.stop()
 		if t.Failed() {
