@@ -30,6 +30,8 @@ declare -A probe=(
 	[ca-certificates]=/etc/ssl/certs/ca-certificates.crt # go mod download
 	[protobuf-compiler]=protoc       # pkg/api drift check (go generate ./pkg/api/)
 	[etcd-server]=/usr/bin/etcd      # the 3-member cluster test (pkg/control)
+	[tshark]=tshark                  # the wire test: only TLS 1.3 crosses between nodes
+	[haproxy]=haproxy                # the sidecar baseline of the mTLS benchmark
 )
 
 present() {
