@@ -2,23 +2,33 @@
 # demo.sh up|down — an hms-node mesh on one machine, in namespaces of its own.
 #
 # up: builds bin/, starts the control plane (embedded etcd on loopback ports
-# of its own), builds two simulated nodes joined by a fabric:
+# of its own; its API is mTLS, the admin config is <data-dir>/admin.yaml),
+# builds two simulated nodes joined by a fabric:
 #
-#   hmsdemo-client 10.251.1.2                      hmsdemo-notify 10.251.2.2
-#         | eth0                                         | eth0
+#   hmsdemo-client  10.251.1.2                     hmsdemo-notify 10.251.2.2
+#   hmsdemo-outside 10.251.1.3 (not enrolled)            | eth0
+#         | eth0                                         |
 #   [hmsdemo-n1 br0 10.251.1.1]                    [hmsdemo-n2 br0 10.251.2.1]
 #         | fab0 10.251.255.1                            | fab0 10.251.255.2
 #         +----------------- [hmsdemo-fab br0] ----------+
 #
-# starts one agent per node (root netns, each steering its node's cgroup
-# subtree), applies a manifest for notify-svc, runs an HTTP server in the
-# notify pod, enrolls both pods and runs an unmodified
+# creates one bootstrap token per node (`token create`), starts one agent per
+# node with --token-file (it pins the control plane's CA by the token's hash
+# and trades the token for a node certificate kept in its --state-dir; root
+# netns, each steering its node's cgroup subtree), applies a manifest for
+# notify-svc, runs an HTTP server in the notify pod, enrolls notify and
+# client (each gets a SPIFFE workload certificate) and runs an unmodified
 # `curl http://notify-svc.svc/sms` in the client pod: the name is answered by
 # agent n1's DNS redirect, the connection to the VIP is rewritten into agent
-# n1, which dials the healthy instance on n2 (plain TCP for now), and agent
-# n2's sk_lookup steers it into the server. Counters of both agents must move.
+# n1, which opens an HBONE tunnel (HTTP/2 CONNECT over mutual TLS 1.3) with
+# the client's certificate to the notify pod's port 15008 on n2, where agent
+# n2 verifies the caller's identity and hands the stream to the server. It
+# prints both workloads' identities and certificate expiry and the tunnel,
+# then shows that plaintext from the pod outside the mesh to the server's
+# port is refused (STRICT: mtls required).
 #
-# down: removes all of it; safe to run twice or after a failed up.
+# down: removes all of it (identities and tokens included: they live in
+# /tmp/hmsdemo); safe to run twice or after a failed up.
 #
 # Traffic stays inside these namespaces and on loopback: pods have no default
 # route, every pod and node netns blackholes the VIP range, the agents' DNS
@@ -156,6 +166,43 @@ counter() {
 		sed -n "s/.*\"$2\":\([0-9][0-9]*\).*/\1/p" | head -n 1
 }
 
+# top_counter SOCK NAME prints a top-level counter of `status -o json`
+# (denied, plaintext_refused).
+top_counter() {
+	hms status --socket "$1" -o json 2>/dev/null | flat |
+		sed 's/"registry":.*//; s/"workloads":.*//' |
+		sed -n "s/.*\"$2\":\([0-9][0-9]*\).*/\1/p" | head -n 1
+}
+
+# counter_above SOCK NAME N: top-level counter NAME of the agent at SOCK is above N.
+counter_above() {
+	local v
+	v=$(top_counter "$1" "$2")
+	((${v:-0} > $3))
+}
+
+# workloads SOCK prints one line per workload of the agent at SOCK:
+# service, identity, cert_expiry, cert_serial (from `status -o json`; the
+# fields of one workload follow its "netns").
+workloads() {
+	hms status --socket "$1" -o json 2>/dev/null | flat | sed 's/"datapath":.*//; s/"netns":/\n/g' |
+		awk '/"identity":/ {
+			n = split("service identity cert_expiry cert_serial", k, " "); line = ""
+			for (i = 1; i <= n; i++) {
+				v = "-"; key = "\"" k[i] "\":\""; j = index($0, key)
+				if (j) { v = substr($0, j + length(key)); v = substr(v, 1, index(v, "\"") - 1) }
+				if (v == "") v = "-"
+				line = line (i > 1 ? " " : "") v
+			}
+			print line
+		}'
+}
+
+# certified SOCK SVC: the agent at SOCK holds a workload certificate of SVC.
+certified() {
+	workloads "$1" | awk -v svc="$2" '$1 == svc && $2 ~ /^spiffe:/ && $3 != "pending" && $3 != "-" { ok = 1 } END { exit !ok }'
+}
+
 # cg_procs DIR prints the pids in cgroup DIR and every cgroup below it.
 cg_procs() {
 	[[ -d $1 ]] || return 0
@@ -289,6 +336,7 @@ start_agent() {
 		--node "$node" --cgroup-root "$cg_nodes/$node" --bpffs "$(bpffs_of "$node")" \
 		--state-dir "$run_dir/$node/state" --socket "$(sock_of "$node")" \
 		--metrics-addr "$(metrics_of "$node")" --control "$control_addr" \
+		--token-file "$run_dir/$node/token" \
 		--probe-interval 2s --dns-upstream 127.0.0.1:1 \
 		>"$run_dir/$node/agent.log" 2>&1
 }
@@ -333,17 +381,31 @@ up() {
 	ip -n hmsdemo-n1 route add 10.251.2.0/24 via 10.251.255.2 dev fab0
 	ip -n hmsdemo-n2 route add 10.251.1.0/24 via 10.251.255.1 dev fab0
 	add_pod n1 client 10.251.1.2
+	add_pod n1 outside 10.251.1.3
 	add_pod n2 notify 10.251.2.2
-	echo "    pods: hmsdemo-client 10.251.1.2 on n1, hmsdemo-notify 10.251.2.2 on n2"
-	echo "    cgroups: $cg_nodes/{n1/client,n2/notify}, agents in $cg_agents/{n1,n2}"
+	echo "    pods: hmsdemo-client 10.251.1.2 on n1, hmsdemo-notify 10.251.2.2 on n2,"
+	echo "          hmsdemo-outside 10.251.1.3 on n1 (never enrolled: outside the mesh)"
+	echo "    cgroups: $cg_nodes/{n1/client,n1/outside,n2/notify}, agents in $cg_agents/{n1,n2}"
 
 	local node
+	for node in "${nodes[@]}"; do
+		say "bin/hms-node token create --config $HMS_CONFIG --ttl 10m > $run_dir/$node/token"
+		(umask 077 && hms token create --config "$HMS_CONFIG" --ttl 10m >"$run_dir/$node/token") ||
+			die "token create for $node failed"
+		[[ $(wc -l <"$run_dir/$node/token") -eq 1 && -s $run_dir/$node/token ]] ||
+			die "token create for $node did not print one line"
+		echo "    $(cut -c1-16 "$run_dir/$node/token")... (one use; agent $node joins with --token-file)"
+	done
 	for node in "${nodes[@]}"; do
 		say "starting agent $node (log: $run_dir/$node/agent.log, metrics: $(metrics_of "$node"))"
 		start_agent "$node"
 	done
 	for node in "${nodes[@]}"; do
 		wait_ready 30 "agent $node" "$run_dir/$node/agent.pid" agent_ready "$node"
+		grep -q 'msg="joined the mesh"' "$run_dir/$node/agent.log" ||
+			die "agent $node is ready but did not log that it joined the mesh"
+		echo "    agent $node: $(grep -m1 'msg="joined the mesh"' "$run_dir/$node/agent.log" | sed 's/^time=[^ ]* //')"
+		echo "    node identity in $run_dir/$node/state/identity: $(find "$run_dir/$node/state/identity" -mindepth 1 -printf '%f ' 2>/dev/null)"
 	done
 
 	say "bin/hms-node apply -f $run_dir/notify.yaml"
@@ -371,16 +433,19 @@ up() {
 		die "notify-svc has no healthy instance on n2: $(service_json)"
 	wait_for 10 "agent n1 to be connected to the control plane" agent_synced ||
 		die "agent n1 is not connected to the control plane"
+	wait_for 20 "the workload certificate of notify-svc" certified "$(sock_of n2)" "$svc" ||
+		die "agent n2 holds no workload certificate for $svc: $(workloads "$(sock_of n2)")"
+	wait_for 20 "the workload certificate of client" certified "$(sock_of n1)" client ||
+		die "agent n1 holds no workload certificate for client: $(workloads "$(sock_of n1)")"
 
 	say "bin/hms-node list"
 	hms list --control "$control_addr"
 
 	say "in hmsdemo-client: curl -sS --max-time 5 http://$svc.svc/sms"
 	printf 'nameserver 192.0.2.53\n' >"$run_dir/resolv.conf"
-	local out rc=0 n1_sock n2_sock redir0 dns0 steered0
+	local out rc=0 n1_sock n2_sock redir0 dns0
 	n1_sock=$(sock_of n1) n2_sock=$(sock_of n2)
 	redir0=$(counter "$n1_sock" redirected) dns0=$(counter "$n1_sock" dns_redirected)
-	steered0=$(counter "$n2_sock" inbound_steered)
 	# The pod's resolver is 192.0.2.53 (TEST-NET, unreachable: only agent
 	# n1's DNS redirect can answer it), bind-mounted over /etc/resolv.conf
 	# in a mount namespace of curl's own. Proxy variables are dropped so curl
@@ -393,20 +458,71 @@ up() {
 	say "bin/hms-node status --socket $n1_sock"
 	hms status --socket "$n1_sock"
 
-	# Each agent's counters must have moved during the call: agent n1
-	# answered the DNS query and took the connection, agent n2's sk_lookup
-	# steered it into its inbound listener in the notify pod.
-	local redirected dns_redirected steered
+	# Agent n1's counters must have moved during the call: it answered the
+	# DNS query and took the connection. (Agent n2's sk_lookup is not on
+	# this path: the tunnel lands on the notify pod's own 15008 listener.)
+	local redirected dns_redirected
 	redirected=$(counter "$n1_sock" redirected)
 	dns_redirected=$(counter "$n1_sock" dns_redirected)
-	steered=$(counter "$n2_sock" inbound_steered)
-	echo "    agent n2: inbound_steered ${steered0:-0} -> ${steered:-missing}"
+	echo "    agent n1: dns_redirected ${dns0:-0} -> ${dns_redirected:-missing}, redirected ${redir0:-0} -> ${redirected:-missing}"
 	[[ $out == *"$svc_body"* ]] || die "unexpected response: $out"
 	((${dns_redirected:-0} > ${dns0:-0})) || die "curl answered but dns_redirected stayed at ${dns_redirected:-missing}: the name was not resolved through agent n1"
 	((${redirected:-0} > ${redir0:-0})) || die "curl answered but redirected stayed at ${redirected:-missing}: the connection was not intercepted by agent n1"
-	((${steered:-0} > ${steered0:-0})) || die "curl answered but agent n2's inbound_steered stayed at ${steered:-missing}: the call did not enter the notify pod through agent n2"
+
+	say "workload identities (bin/hms-node status -o json of each agent)"
+	local sock wsvc wid wexp wserial
+	for node in "${nodes[@]}"; do
+		sock=$(sock_of "$node")
+		while read -r wsvc wid wexp wserial; do
+			printf '    agent %s: %-10s %s  cert expires %s  serial %s\n' "$node" "$wsvc" "$wid" "$wexp" "$wserial"
+		done < <(workloads "$sock")
+	done
+	local client_id notify_id
+	client_id=$(workloads "$n1_sock" | awk '$1 == "client" { print $2 }')
+	notify_id=$(workloads "$n2_sock" | awk -v s="$svc" '$1 == s { print $2 }')
+	[[ $client_id == spiffe://*/sa/client ]] || die "agent n1 shows no SPIFFE identity for the client: '$client_id'"
+	[[ $notify_id == spiffe://*/sa/"$svc" ]] || die "agent n2 shows no SPIFFE identity for $svc: '$notify_id'"
+
+	say "the cross-node call was mutually authenticated (HBONE: HTTP/2 CONNECT over mTLS 1.3 to 10.251.2.2:15008)"
+	# The tunnel outlives the call (idle HBONE connections are pooled), so
+	# the notify pod's netns still shows it, from the client pod's address.
+	local tunnel denied
+	tunnel=$(in_ns hmsdemo-notify ss -Htn state established '( sport = :15008 )' |
+		sed 's/\[::ffff:\([0-9.]*\)\]/\1/g' | awk '{ print $3 " <- " $4 }' | head -n 1)
+	echo "    in hmsdemo-notify, ss state established sport = :15008: ${tunnel:-none}"
+	[[ $tunnel == *"<- 10.251.1.2:"* ]] || die "no HBONE connection from the client pod (10.251.1.2) to 10.251.2.2:15008 in the notify pod"
+	denied=$(top_counter "$n2_sock" denied)
+	echo "    agent n2: tunnels denied ${denied:-missing} (it verified the caller's certificate, $client_id, and its policy allowed it)"
+	((${denied:-1} == 0)) || die "agent n2 denied ${denied:-?} tunnel(s): $(grep 'msg=denied' "$run_dir/n2/agent.log" | tail -n 1)"
+	# Port 15008 insists on a client certificate: a caller without one gets
+	# the server's workload certificate, then TLS 1.3's "certificate
+	# required" alert instead of a tunnel.
+	local tls_out san
+	tls_out=$(in_pod n1 outside timeout 5 openssl s_client -connect 10.251.2.2:15008 -alpn h2 -tls1_3 </dev/null 2>&1) || true
+	san=$(printf '%s\n' "$tls_out" | openssl x509 -noout -ext subjectAltName 2>/dev/null | sed -n 's/^ *//; /URI:/p')
+	echo "    hmsdemo-outside (no certificate): openssl s_client -connect 10.251.2.2:15008 -alpn h2 -tls1_3"
+	echo "      server certificate: ${san:-none}"
+	echo "      then: $(grep -o 'tlsv13 alert certificate required' <<<"$tls_out" | head -n 1)"
+	[[ $tls_out == *"alert certificate required"* ]] || die "port 15008 did not require a client certificate: $(tail -n 3 <<<"$tls_out")"
+
+	say "STRICT: in hmsdemo-outside (n1, not in the mesh): curl -sS --max-time 3 http://10.251.2.2:$svc_port/"
+	local plain0 plain steered0 steered
+	plain0=$(top_counter "$n2_sock" plaintext_refused)
+	steered0=$(counter "$n2_sock" inbound_steered)
+	rc=0
+	out=$(in_pod n1 outside env -u http_proxy -u HTTP_PROXY -u all_proxy -u ALL_PROXY \
+		curl -sS --max-time 3 "http://10.251.2.2:$svc_port/" 2>&1) || rc=$?
+	echo "    ${out:-(no output)} (exit $rc)"
+	((rc != 0)) || die "plaintext from outside the mesh reached the server: $out"
+	wait_for 5 "agent n2 to count the refused plaintext" counter_above "$n2_sock" plaintext_refused "${plain0:-0}" ||
+		die "curl failed but agent n2's plaintext_refused stayed at ${plain0:-missing}: it was not refused by mTLS STRICT"
+	plain=$(top_counter "$n2_sock" plaintext_refused)
+	steered=$(counter "$n2_sock" inbound_steered)
+	echo "    refused (mtls: required): agent n2's sk_lookup took it (inbound_steered ${steered0:-0} -> ${steered:-missing}), plaintext_refused ${plain0:-0} -> $plain"
+	echo "    agent n2: $(grep 'msg="plaintext refused (mtls: required)"' "$run_dir/n2/agent.log" | tail -n 1 | sed 's/^time=[^ ]* //')"
+
 	echo
-	say "OK: curl on node n1 called http://$svc.svc/sms by name and got the answer from node n2, through agent n1 (DNS + outbound) and agent n2 (inbound)"
+	say "OK: curl on n1 called http://$svc.svc/sms by name and got the answer from n2 through an HBONE tunnel, mutually authenticated ($client_id -> $notify_id); plaintext from outside the mesh was refused (STRICT)"
 	echo "    logs: $run_dir/control.log $run_dir/n1/agent.log $run_dir/n2/agent.log"
 	echo "    remove everything with: bash scripts/demo.sh down"
 }

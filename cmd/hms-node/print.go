@@ -42,11 +42,17 @@ func printStatus(w io.Writer, st agent.Status) {
 	}
 	tw.Flush()
 
+	if st.Registry != nil {
+		fmt.Fprintf(w, "\nmTLS      tunnels accepted %d, denied %d; plaintext refused %d\n", st.Accepted, st.Denied, st.PlainRefused)
+	}
 	fmt.Fprintf(w, "\nWORKLOADS (%d)\n", len(st.Workloads))
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tIP\tPORTS\tSTATE\tNETNS")
 	for _, wl := range st.Workloads {
 		fmt.Fprintf(tw, "%s/%s\t%s\t%v\t%s\t%s\n", wl.Namespace, wl.Service, wl.IP, wl.Ports, wl.State, filepath.Base(wl.Netns))
+		if wl.Identity != "" {
+			fmt.Fprintf(tw, "  %s\tcert expires %s\t\t\t\n", wl.Identity, wl.CertExpiry)
+		}
 	}
 	tw.Flush()
 }

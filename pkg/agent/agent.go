@@ -143,6 +143,7 @@ type Agent struct {
 	idClient api.IdentityClient
 	control  *grpc.ClientConn
 
+	accepted         atomic.Uint64 // HBONE tunnels accepted (caller verified and allowed)
 	denied           atomic.Uint64 // HBONE tunnels refused by policy or identity
 	plaintextRefused atomic.Uint64 // plaintext refused by mtls: required
 	dns              *dns.Server

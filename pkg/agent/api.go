@@ -22,6 +22,7 @@ type Status struct {
 	Version       string         `json:"version"`
 	UptimeSeconds int64          `json:"uptime_seconds"`
 	Control       string         `json:"control"`           // one line for people
+	Accepted      uint64         `json:"tunnels_accepted"`  // mTLS tunnels accepted
 	Denied        uint64         `json:"denied"`            // tunnels refused (identity, policy)
 	PlainRefused  uint64         `json:"plaintext_refused"` // plaintext refused by mtls: required
 	Registry      *RegistryState `json:"registry,omitempty"`
@@ -75,7 +76,7 @@ func (a *Agent) Status() (Status, error) {
 		Datapath: DatapathStatus{PinPath: a.dp.PinPath(), Accel: a.dp.Accel(),
 			Counters: counters, Attachments: a.dp.Attachments()},
 		Workloads: []Workload{},
-		Denied:    a.denied.Load(), PlainRefused: a.plaintextRefused.Load(),
+		Accepted: a.accepted.Load(), Denied: a.denied.Load(), PlainRefused: a.plaintextRefused.Load(),
 	}
 	if a.client != nil {
 		cs := a.client.State()

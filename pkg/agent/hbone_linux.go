@@ -47,8 +47,20 @@ func (a *Agent) newPool(p *pod) *hbone.Pool {
 // caller's verified, the destination's policy checked, then the
 // application over the pod's loopback.
 func (a *Agent) startHBONEServer(p *pod) {
+	cfg := mtls.ServerConfig(p.getCert, a.verifier(), nil)
+	// Let a caller without a certificate reach the verifier (which refuses
+	// it), so every refused handshake is counted and logged like a denial.
+	cfg.ClientAuth = tls.RequestClientCert
+	verify := cfg.VerifyPeerCertificate
+	cfg.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+		if err := verify(raw, chains); err != nil {
+			a.deny(p, "", "handshake", err)
+			return err
+		}
+		return nil
+	}
 	p.hboneSrv = &hbone.Server{Log: a.log,
-		TLS: mtls.ServerConfig(p.getCert, a.verifier(), nil),
+		TLS: cfg,
 		Handle: func(ctx context.Context, r *hbone.Request) (net.Conn, error) {
 			return a.acceptTunnel(ctx, p, r)
 		}}
@@ -60,6 +72,15 @@ func (a *Agent) acceptTunnel(ctx context.Context, p *pod, r *hbone.Request) (net
 	if err != nil {
 		return nil, a.deny(p, "", "no identity", err)
 	}
+	// The handshake checked revocation once; a pooled connection carries
+	// tunnels long after, so check the caller's node on every CONNECT.
+	node, err := mtls.NodeOf(r.State.PeerCertificates[0])
+	if err != nil {
+		return nil, a.deny(p, caller.String(), "no node", err)
+	}
+	if a.table.Revoked(node) {
+		return nil, a.deny(p, caller.String(), "revoked", fmt.Errorf("%w %s (certificate %s)", mtls.ErrRevoked, node, caller))
+	}
 	dst, err := netip.ParseAddrPort(r.Authority)
 	if err != nil || dst.Addr().Unmap() != p.spec.IP || !hasPort(p.spec.Ports, dst.Port()) {
 		return nil, a.deny(p, caller.String(), "wrong authority", fmt.Errorf("%q is not a port of this pod", r.Authority))
@@ -67,6 +88,8 @@ func (a *Agent) acceptTunnel(ctx context.Context, p *pod, r *hbone.Request) (net
 	if err := a.authorize(p.spec, caller); err != nil {
 		return nil, a.deny(p, caller.String(), "policy", err)
 	}
+	a.accepted.Add(1)
+	a.log.Debug("tunnel accepted", "callee", p.spec.Namespace+"/"+p.spec.Service, "caller", caller.String(), "authority", r.Authority)
 	return p.dialer.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(dst.Port()))))
 }
 

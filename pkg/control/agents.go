@@ -27,6 +27,7 @@ type agentsService struct {
 	leaseTTL  int64
 	log       *slog.Logger
 	revoked   *revocations
+	reads     sharedReads // snapshots shared by streams that sync at once
 
 	// stop ends every stream when the replica shuts down; expiries are
 	// the lease-expiry goroutines, joined on shutdown.
@@ -152,6 +153,9 @@ func (as *agentStream) run(ctx context.Context) error {
 		return err
 	}
 	defer func() { as.svc.hub.unsubscribe(sub) }()
+	// Registration and the snapshot may take longer than the deadline on a
+	// loaded store; the agent's silence is measured from now.
+	deadline.Reset(3 * as.svc.heartbeat)
 	for {
 		select {
 		case d, ok := <-sub.ch:

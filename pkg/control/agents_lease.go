@@ -112,7 +112,7 @@ func (as *agentStream) sync(ctx context.Context, resume int64) (*subscription, e
 		}
 	}
 	for {
-		v, err := as.svc.st.readAll(ctx)
+		v, err := as.svc.reads.read(ctx, as.svc.st)
 		if err != nil {
 			return nil, err
 		}
