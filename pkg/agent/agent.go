@@ -130,8 +130,10 @@ type Agent struct {
 	degraded map[string]degradedPod
 	byAddr   map[netip.AddrPort]*pod // pod IP:service port → pod, for same-node calls
 	closed   bool
-	// handedOver: a successor owns our sockets now; never unlink them.
+	// handedOver: a successor owns our sockets now; never unlink them, and
+	// refuse changes (the successor serves the API).
 	handedOver bool
+	cancel     context.CancelFunc // ends what Run started
 	handover   chan struct{} // closed once a successor has committed
 
 	api      *apiServer
@@ -176,6 +178,7 @@ func New(cfg Config, dp Datapath) (*Agent, error) {
 // accepting and drains the connections it carries.
 func (a *Agent) Run(ctx context.Context) error {
 	a.started = time.Now()
+	ctx, a.cancel = context.WithCancel(ctx)
 	if err := a.connectControl(ctx); err != nil {
 		return err
 	}
@@ -219,9 +222,15 @@ func (a *Agent) shutdown() {
 		return
 	}
 	a.closed = true
-	pods := a.pods
+	pods := make([]*pod, 0, len(a.pods))
+	for _, p := range a.pods {
+		pods = append(pods, p)
+	}
 	keep := a.handedOver
 	a.mu.Unlock()
+	if a.cancel != nil {
+		a.cancel() // the registry stream, renewals and rotations end with us
+	}
 	if a.takeover != nil {
 		if ul, ok := a.takeover.(*net.UnixListener); ok && keep {
 			ul.SetUnlinkOnClose(false)
@@ -233,6 +242,9 @@ func (a *Agent) shutdown() {
 	}
 	for _, p := range pods {
 		p.stop()
+		if p.dev { // not handed over: unsteer it rather than leave it pointing at a dead port
+			a.dp.UnenrollCgroup(p.cgroupID)
+		}
 	}
 	done := make(chan struct{})
 	go func() { a.conns.Wait(); close(done) }()

@@ -50,8 +50,11 @@ func (a *Agent) Enroll(req EnrollRequest) (PodSpec, error) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.closed {
-		return PodSpec{}, errors.New("enroll: agent is shutting down")
+	if a.closed || a.handedOver {
+		return PodSpec{}, errors.New("enroll: this agent is handing over to its successor; retry")
+	}
+	if d, ok := a.degraded[req.Netns]; ok {
+		return PodSpec{}, fmt.Errorf("enroll: %s is enrolled as %s/%s but degraded (%s); unenroll it first: %w", req.Netns, d.spec.Namespace, d.spec.Service, d.err, ErrConflict)
 	}
 	if old, ok := a.pods[req.Netns]; ok {
 		return PodSpec{}, fmt.Errorf("enroll: %s is already enrolled as %s/%s: %w", req.Netns, old.spec.Namespace, old.spec.Service, ErrConflict)
@@ -155,6 +158,7 @@ type podSockets struct {
 }
 
 func (a *Agent) stopPodLocked(p *pod) error {
+	p.removed.Store(true) // before the removal report: no probe may re-register it
 	if a.client != nil {
 		for _, in := range p.instancesLocked(a.cfg.Node) {
 			a.client.Report(in, true)
@@ -170,8 +174,12 @@ func (a *Agent) stopPodLocked(p *pod) error {
 	}
 	err := a.dp.UnenrollPod(p.spec.datapath())
 	p.stop()
-	p.release()
-	p.dialer.Close()
+	// Its connections finish on their own; what they use goes after them.
+	go func() {
+		p.active.Wait()
+		p.release()
+		p.dialer.Close()
+	}()
 	if p.spec.Blackhole {
 		if rerr := removeBlackhole(p.spec.Netns, a.cfg.VIPRange); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 			a.log.Warn("remove VIP blackhole", "netns", p.spec.Netns, "error", rerr)
@@ -185,9 +193,15 @@ func (a *Agent) stopPodLocked(p *pod) error {
 func (a *Agent) Unenroll(netnsPath string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.closed || a.handedOver {
+		return errors.New("unenroll: this agent is handing over to its successor; retry")
+	}
 	if d, ok := a.degraded[netnsPath]; ok {
 		delete(a.degraded, netnsPath)
 		a.dp.UnenrollPod(d.spec.datapath())
+		if d.spec.Blackhole {
+			removeBlackhole(d.spec.Netns, a.cfg.VIPRange)
+		}
 		return a.saveLocked()
 	}
 	p, ok := a.pods[netnsPath]

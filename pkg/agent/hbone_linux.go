@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/hms-node/hms-node/pkg/agent/hbone"
 	"github.com/hms-node/hms-node/pkg/api"
@@ -88,9 +89,51 @@ func (a *Agent) acceptTunnel(ctx context.Context, p *pod, r *hbone.Request) (net
 	if err := a.authorize(p.spec, caller); err != nil {
 		return nil, a.deny(p, caller.String(), "policy", err)
 	}
+	app, err := p.dialer.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(dst.Port()))))
+	if err != nil {
+		return nil, err
+	}
 	a.accepted.Add(1)
 	a.log.Debug("tunnel accepted", "callee", p.spec.Namespace+"/"+p.spec.Service, "caller", caller.String(), "authority", r.Authority)
-	return p.dialer.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(dst.Port()))))
+	// Tracked like a proxied connection, so a replaced agent drains it.
+	a.conns.Add(1)
+	p.active.Add(1)
+	p.track(app, true)
+	return &trackedConn{Conn: app, done: func() { p.track(app, false); p.active.Done(); a.conns.Done() }}, nil
+}
+
+// trackedConn runs done once when closed.
+type trackedConn struct {
+	net.Conn
+	once sync.Once
+	done func()
+}
+
+func (c *trackedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.done)
+	return err
+}
+
+// CloseWrite keeps half-close working through the wrapper.
+func (c *trackedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// authorizeLocal applies the destination's policy to a same-node call,
+// which never crosses 15008: the agent knows both identities.
+func (a *Agent) authorizeLocal(src *pod, dst *pod) error {
+	if a.ident == nil {
+		return nil // standalone: no identities, no policy
+	}
+	caller := mtls.ID{TrustDomain: a.ident.trustDomain, Namespace: src.spec.Namespace, Service: src.spec.Service}
+	if err := a.authorize(dst.spec, caller); err != nil {
+		return a.deny(dst, caller.String(), "policy", err)
+	}
+	return nil
 }
 
 // deny counts and logs a refused tunnel; the caller's agent resets the

@@ -239,7 +239,7 @@ func (a *Agent) startWorkloadIdentity(ctx context.Context, p *pod) {
 
 // reportPod sends the pod's instances to the control plane again.
 func (a *Agent) reportPod(p *pod) {
-	if a.client == nil {
+	if a.client == nil || p.removed.Load() {
 		return
 	}
 	a.mu.Lock()

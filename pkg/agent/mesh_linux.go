@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hms-node/hms-node/pkg/agent/hbone"
 	"github.com/hms-node/hms-node/pkg/agent/l4"
 	"github.com/hms-node/hms-node/pkg/api"
 )
@@ -35,21 +37,34 @@ func (a *Agent) serveService(p *pod, c *net.TCPConn, dst netip.AddrPort) {
 		return
 	}
 	var tried []netip.AddrPort
-	for attempt := 0; attempt < dialAttempts; attempt++ {
-		ep, _, done, ok := a.table.Pick(tgt.Service, tried...)
+	// Picks skip other nodes' loopback (dev) endpoints without counting
+	// as a dial; Pick ends the loop once every endpoint was tried.
+	for dials := 0; dials < dialAttempts; {
+		ep, node, done, ok := a.table.Pick(tgt.Service, tried...)
 		if !ok {
 			break
 		}
 		tried = append(tried, ep)
+		if ep.Addr().IsLoopback() && node != a.cfg.Node {
+			done(nil, 0) // another node's dev workload: reachable on that node only
+			continue
+		}
+		ep = netip.AddrPortFrom(ep.Addr(), tgt.Port) // the service port this VIP port maps to
+		dials++
 		start := time.Now()
 		up, err := a.dialEndpoint(p, ep, tgt.Service.Namespace, tgt.Service.Name, c)
 		if err != nil {
+			if errors.Is(err, hbone.ErrDenied) {
+				done(nil, time.Since(start)) // policy, not a sick endpoint: no retry, no ejection
+				break
+			}
 			done(err, time.Since(start))
 			a.log.Info("endpoint connect failed; trying another", "service", tgt.Service.Name, "endpoint", ep, "error", err)
 			continue
 		}
+		done(nil, time.Since(start)) // connect latency feeds the balancer, not the connection's lifetime
+		defer up.Close()
 		l4.Pipe(c, up)
-		done(nil, time.Since(start))
 		return
 	}
 	a.log.Warn("no healthy endpoint", "service", tgt.Service.Namespace+"/"+tgt.Service.Name, "tried", len(tried))
@@ -63,6 +78,9 @@ func (a *Agent) dialEndpoint(p *pod, ep netip.AddrPort, ns, svc string, c *net.T
 	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.DialTimeout)
 	defer cancel()
 	if local := a.localPod(ep); local != nil {
+		if err := a.authorizeLocal(p, local); err != nil {
+			return nil, err
+		}
 		return local.dialer.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(ep.Port()))))
 	}
 	if a.ident != nil {

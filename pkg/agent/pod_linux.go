@@ -71,6 +71,10 @@ type pod struct {
 	monitors     []*health.Monitor
 	stopMonitors func()
 
+	active  sync.WaitGroup // connections and tunnels being served
+	removed atomic.Bool    // unenrolled: report nothing more
+	check   health.Check   // the probes' current check
+
 	mu      sync.Mutex // guards the fields below
 	conns   map[net.Conn]struct{}
 	healthy map[uint16]bool // by declared port
@@ -163,9 +167,11 @@ func (a *Agent) acceptLoop(p *pod, l *net.TCPListener, handle func(*pod, *net.TC
 			return
 		}
 		a.conns.Add(1)
+		p.active.Add(1)
 		p.track(c, true)
 		go func() {
 			defer a.conns.Done()
+			defer p.active.Done()
 			defer p.track(c, false)
 			defer c.Close()
 			l4.Guard(a.log, "connection from "+c.RemoteAddr().String(), func() { handle(p, c) })
@@ -179,7 +185,8 @@ func (a *Agent) serveOutbound(p *pod, c *net.TCPConn) {
 	client := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	dst, err := a.dp.OrigDst(p.spec.Cookie, netip.AddrPortFrom(client.Addr().Unmap(), client.Port()))
 	if err != nil {
-		a.log.Warn("no original destination; closing", "netns", p.spec.Netns, "error", err)
+		a.log.Warn("no original destination; resetting", "netns", p.spec.Netns, "error", err)
+		c.SetLinger(0)
 		return
 	}
 	if a.cfg.VIPRange.Contains(dst.Addr()) {
@@ -194,6 +201,10 @@ func (a *Agent) serveOutbound(p *pod, c *net.TCPConn) {
 	// its own loopback instead of crossing its sk_lookup and 15006 again.
 	dialer, addr := p.dialer, dst.String()
 	if local := a.localPod(dst); local != nil {
+		if err := a.authorizeLocal(p, local); err != nil {
+			c.SetLinger(0)
+			return
+		}
 		dialer, addr = local.dialer, net.JoinHostPort("127.0.0.1", strconv.Itoa(int(dst.Port())))
 	}
 	up, err := dialer.DialContext(context.Background(), "tcp", addr)
@@ -212,6 +223,12 @@ func (a *Agent) serveOutbound(p *pod, c *net.TCPConn) {
 // permissive (STRICT by default).
 func (a *Agent) serveInbound(p *pod, c *net.TCPConn) {
 	port := c.LocalAddr().(*net.TCPAddr).Port
+	if !hasPort(p.spec.Ports, uint16(port)) {
+		// Only sk_lookup's steered ports belong here; a pod dialling its
+		// own 15006 would otherwise make the agent dial itself forever.
+		c.SetLinger(0)
+		return
+	}
 	if a.ident != nil && !a.permissive(p.spec) {
 		a.plaintextRefused.Add(1)
 		a.log.Info("plaintext refused (mtls: required)", "service", p.spec.Namespace+"/"+p.spec.Service, "from", c.RemoteAddr())

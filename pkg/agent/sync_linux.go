@@ -129,6 +129,10 @@ func (a *Agent) registryChanged() {
 	defer a.mu.Unlock()
 	for _, p := range a.pods {
 		check := a.checkFor(p.spec)
+		if check == p.check {
+			continue // SetCheck wakes the probes: only on a real change
+		}
+		p.check = check
 		for _, m := range p.monitors {
 			m.SetCheck(check)
 		}
@@ -189,6 +193,7 @@ func (a *Agent) startMonitorsLocked(p *pod) {
 	ctx, cancel := context.WithCancel(context.Background())
 	p.stopMonitors = cancel
 	check := a.checkFor(p.spec)
+	p.check = check
 	for _, port := range p.spec.Ports {
 		port := port
 		m := &health.Monitor{
@@ -198,7 +203,7 @@ func (a *Agent) startMonitorsLocked(p *pod) {
 				p.healthy[port] = healthy
 				p.mu.Unlock()
 				a.log.Info("health", "service", p.spec.Service, "port", port, "healthy", healthy, "error", err)
-				if a.client != nil && p.spec.IP.IsValid() {
+				if a.client != nil && p.spec.IP.IsValid() && !p.removed.Load() {
 					a.client.Report(p.instance(a.cfg.Node, port), false)
 				}
 			},
