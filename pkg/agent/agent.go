@@ -134,7 +134,7 @@ type Agent struct {
 	// refuse changes (the successor serves the API).
 	handedOver bool
 	cancel     context.CancelFunc // ends what Run started
-	handover   chan struct{} // closed once a successor has committed
+	handover   chan struct{}      // closed once a successor has committed
 
 	api      *apiServer
 	takeover net.Listener // Socket + ".handover"

@@ -76,7 +76,7 @@ func (a *Agent) Status() (Status, error) {
 		Datapath: DatapathStatus{PinPath: a.dp.PinPath(), Accel: a.dp.Accel(),
 			Counters: counters, Attachments: a.dp.Attachments()},
 		Workloads: []Workload{},
-		Accepted: a.accepted.Load(), Denied: a.denied.Load(), PlainRefused: a.plaintextRefused.Load(),
+		Accepted:  a.accepted.Load(), Denied: a.denied.Load(), PlainRefused: a.plaintextRefused.Load(),
 	}
 	if a.client != nil {
 		cs := a.client.State()
