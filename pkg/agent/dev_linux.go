@@ -88,6 +88,22 @@ func (a *Agent) startDev(req DevRequest, id, dir string) (*pod, error) {
 	p.cgroupID = cgid
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.closed || a.handedOver {
+		p.stop()
+		a.dp.UnenrollCgroup(cgid)
+		return nil, errors.New("dev: the agent is shutting down")
+	}
+	if other := a.byAddr[netip.AddrPortFrom(spec.IP, req.Port)]; other != nil {
+		p.stop()
+		a.dp.UnenrollCgroup(cgid)
+		return nil, fmt.Errorf("dev: %s:%d is already served by %s/%s: %w", spec.IP, req.Port, other.spec.Namespace, other.spec.Service, ErrConflict)
+	}
+	if a.ident != nil { // calls to other nodes need its identity, as a pod's do
+		p.pool = a.newPool(p)
+		ctx, cancel := context.WithCancel(context.Background())
+		p.stopID = func() { cancel(); p.pool.Close() }
+		a.startWorkloadIdentity(ctx, p)
+	}
 	a.pods[spec.Netns] = p
 	a.byAddr[netip.AddrPortFrom(spec.IP, req.Port)] = p
 	go a.dns.ServePacket(udp)

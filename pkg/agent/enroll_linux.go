@@ -170,6 +170,7 @@ func (a *Agent) stopPodLocked(p *pod) error {
 	}
 	if p.dev {
 		p.stop()
+		go func() { p.active.Wait(); p.release() }()
 		return a.dp.UnenrollCgroup(p.cgroupID)
 	}
 	err := a.dp.UnenrollPod(p.spec.datapath())

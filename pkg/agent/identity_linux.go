@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/hms-node/hms-node/pkg/agent/state"
 	"github.com/hms-node/hms-node/pkg/api"
 	mtls "github.com/hms-node/hms-node/pkg/tls"
 )
@@ -85,67 +86,51 @@ func (a *Agent) loadOrJoin(ctx context.Context) (*nodeIdentity, error) {
 	return a.loadIdentity()
 }
 
+// savedIdentity is the node identity on disk: one file, written
+// atomically, so a crash or a renewal racing a hand-over can never pair a
+// certificate with another key.
+type savedIdentity struct {
+	TrustDomain string `json:"trust_domain"`
+	Bundle      string `json:"bundle_pem"`
+	Chain       string `json:"chain_pem"`
+	Key         string `json:"key_pem"`
+}
+
 func (a *Agent) saveIdentity(td string, bundle, chain []byte, key *ecdsa.PrivateKey) error {
-	dir := a.identityDir()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
 	kder, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
 		return err
 	}
-	files := map[string][]byte{
-		"trust-domain": []byte(td), "bundle.pem": bundle, "node.pem": chain,
-		"node-key.pem": pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}),
-	}
-	for name, data := range files {
-		tmp := filepath.Join(dir, name+".tmp")
-		if err := os.WriteFile(tmp, data, 0o600); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-			return err
-		}
-	}
-	return nil
+	return state.Save(a.identityDir(), savedIdentity{TrustDomain: td, Bundle: string(bundle), Chain: string(chain),
+		Key: string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}))})
 }
 
 func (a *Agent) loadIdentity() (*nodeIdentity, error) {
-	dir := a.identityDir()
-	read := func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, name)) }
-	td, err := read("trust-domain")
+	var saved savedIdentity
+	found, err := state.Load(a.identityDir(), &saved)
 	if err != nil {
 		return nil, err
 	}
-	bundle, err := read("bundle.pem")
-	if err != nil {
-		return nil, err
+	if !found {
+		return nil, os.ErrNotExist
 	}
-	chain, err := read("node.pem")
-	if err != nil {
-		return nil, err
-	}
-	keyPEM, err := read("node-key.pem")
-	if err != nil {
-		return nil, err
-	}
-	block, _ := pem.Decode(keyPEM)
+	block, _ := pem.Decode([]byte(saved.Key))
 	if block == nil {
-		return nil, fmt.Errorf("node key in %s: not PEM", dir)
+		return nil, fmt.Errorf("node key in %s: not PEM", a.identityDir())
 	}
 	key, err := x509.ParseECPrivateKey(block.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("node key in %s: %w", dir, err)
+		return nil, fmt.Errorf("node key in %s: %w", a.identityDir(), err)
 	}
-	cert, err := mtls.KeyPair(chain, key)
+	cert, err := mtls.KeyPair([]byte(saved.Chain), key)
 	if err != nil {
-		return nil, fmt.Errorf("node certificate in %s: %w", dir, err)
+		return nil, fmt.Errorf("node certificate in %s: %w", a.identityDir(), err)
 	}
 	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(bundle) {
-		return nil, fmt.Errorf("mesh roots in %s: no certificate", dir)
+	if !roots.AppendCertsFromPEM([]byte(saved.Bundle)) {
+		return nil, fmt.Errorf("mesh roots in %s: no certificate", a.identityDir())
 	}
-	id := &nodeIdentity{trustDomain: strings.TrimSpace(string(td)), bundle: bundle, roots: roots}
+	id := &nodeIdentity{trustDomain: strings.TrimSpace(saved.TrustDomain), bundle: []byte(saved.Bundle), roots: roots}
 	id.cert.Store(cert)
 	return id, nil
 }
