@@ -34,7 +34,7 @@ test-privileged: ## Run all tests, privileged ones too (root, -p 1: they share t
 	HMS_TEST_PRIVILEGED=1 $(GO) test -p 1 -count=1 -timeout 40m ./...
 
 bench: ## Run the end-to-end benchmarks once each (root)
-	HMS_TEST_PRIVILEGED=1 $(GO) test -run '^$$' -bench . -benchtime=1x -timeout 30m ./internal/e2e/
+	HMS_TEST_PRIVILEGED=1 $(GO) test -run '^$$' -bench . -benchtime=1x -timeout 60m ./internal/e2e/
 
 lint: ## go vet, and fail on files gofmt would change
 	$(GO) vet ./...
