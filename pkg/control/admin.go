@@ -95,6 +95,9 @@ func JoinTLS(token string) (*tls.Config, error) {
 		MinVersion:            tls.VersionTLS13,
 		InsecureSkipVerify:    true, // replaced by the pin
 		VerifyPeerCertificate: mtls.PinnedVerify(tok.CAHash),
+		// The pin proves the mesh's CA, not that the server is the control
+		// plane: any node holds a certificate of that CA.
+		VerifyConnection: verifyControlID,
 	}, nil
 }
 
@@ -108,6 +111,9 @@ func verifyControlID(cs tls.ConnectionState) error {
 	}
 	if id.IsNode() || id.Namespace != systemNamespace || id.Service != controlService {
 		return fmt.Errorf("server identity %s is not the control plane's", id)
+	}
+	if node, err := mtls.NodeOf(cs.PeerCertificates[0]); err != nil || node != controlNode {
+		return fmt.Errorf("server certificate of %s was not issued to the control plane (node %q)", id, node)
 	}
 	return nil
 }

@@ -69,6 +69,9 @@ func (as *agentStream) instance(in *api.Instance) (string, []byte, error) {
 	if err := checkName("namespace", in.Namespace); err != nil {
 		return "", nil, err
 	}
+	if in.Namespace == systemNamespace {
+		return "", nil, fmt.Errorf("namespace %s is reserved for the control plane", systemNamespace)
+	}
 	if err := checkName("service", in.Service); err != nil {
 		return "", nil, err
 	}
@@ -166,10 +169,22 @@ func (as *agentStream) update(ctx context.Context, u *api.InstanceUpdate) error 
 	}
 	octx, cancel := as.svc.st.opCtx(ctx)
 	defer cancel()
+	// Not for a revoked node (checked in etcd: no replica's lag lets it
+	// back), and never taking over a key that another stream of the node
+	// holds: during an upgrade the old agent's late reports must not move
+	// the instance onto the old stream's lease, which expires with it.
+	notRevoked := clientv3.Compare(clientv3.CreateRevision(revocationKey(as.node)), "=", 0)
+	var op clientv3.Op
 	if u.GetRemoved() {
-		_, err = as.svc.st.cli.Delete(octx, key)
+		op = clientv3.OpDelete(key)
 	} else {
-		_, err = as.svc.st.cli.Put(octx, key, string(val), clientv3.WithLease(as.lease))
+		op = clientv3.OpPut(key, string(val), clientv3.WithLease(as.lease))
+	}
+	ours := clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(key), "=", as.lease)}, []clientv3.Op{op},
+		[]clientv3.Op{clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)}, []clientv3.Op{op}, nil)})
+	resp, err := as.svc.st.cli.Txn(octx).If(notRevoked).Then(ours).Commit()
+	if err == nil && !resp.Succeeded {
+		return status.Errorf(codes.PermissionDenied, "node %s is revoked", as.node)
 	}
 	return storeErr(ctx, err, true)
 }

@@ -242,8 +242,8 @@ func TestAgentResumeAfterRestart(t *testing.T) {
 	cfg := testConfig(t)
 	s, stop := startServer(t, cfg)
 	reg, _ := dial(t, s)
-	agents := nodeAgents(t, s, "n1")
-	a := connectAgent(t, agents, hello("n1", 0))
+	n1 := joinNode(t, s, "n1")
+	a := connectAgent(t, n1.agents, hello("n1", 0))
 	if a.next(5*time.Second).GetSnapshot() == nil {
 		t.Fatal("first message is not a snapshot")
 	}
@@ -252,9 +252,11 @@ func TestAgentResumeAfterRestart(t *testing.T) {
 	a.stop()
 	stop()
 
+	// The agent comes back with the node certificate it already has (a
+	// second Join of a connected node's name is refused).
 	s2, _ := startServer(t, cfg)
 	reg2, _ := dial(t, s2)
-	agents2 := nodeAgents(t, s2, "n1")
+	agents2 := nodeWithCert(t, s2, "n1", n1.bundle, n1.cert).agents
 	newer := apply(t, reg2, svc("two", 80)).Results[0].Service.Revision
 	b := connectAgent(t, agents2, hello("n1", seen))
 	var got []int64

@@ -94,8 +94,10 @@ func (a *authorizer) check(ctx context.Context, method string) error {
 		return status.Errorf(codes.Unauthenticated, "%s needs the admin's client certificate (admin.yaml)", name)
 	case c == nil:
 		return status.Errorf(codes.Unauthenticated, "%s needs a node certificate (join with a token first)", name)
-	case r == roleAdmin && c.id.String() != a.admin:
-		return status.Errorf(codes.PermissionDenied, "%s needs the admin identity %s, not %s", name, a.admin, c.id)
+	case r == roleAdmin && (c.id.String() != a.admin || c.node != adminNode):
+		// The node check too: the ID alone is a workload ID that a
+		// certificate issued to a node must never pass for.
+		return status.Errorf(codes.PermissionDenied, "%s needs the admin identity %s, not %s (node %s)", name, a.admin, c.id, c.node)
 	case r == roleNode && !c.id.IsNode():
 		return status.Errorf(codes.PermissionDenied, "%s needs a node identity, not %s", name, c.id)
 	}

@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"crypto/x509"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -95,9 +96,17 @@ func (s *identityService) Join(ctx context.Context, req *api.JoinRequest) (*api.
 	if ms, err := strconv.ParseInt(exp, 10, 64); err != nil || time.Now().After(time.UnixMilli(ms)) {
 		return nil, errTokenUsed
 	}
+	// Check the CSR before the token is spent: a malformed one must not
+	// burn it.
+	if _, err := x509.ParseCertificateRequest(req.GetCsr()); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "join: certificate request: %v", err)
+	}
 	resp, err := s.st.cli.Txn(octx).If(
 		clientv3.Compare(clientv3.ModRevision(key), "=", get.Kvs[0].ModRevision),
 		clientv3.Compare(clientv3.CreateRevision(revocationKey(node)), "=", 0),
+		// A token must not take over the name of a node that is connected
+		// now (it would get that node's workload identities).
+		clientv3.Compare(clientv3.CreateRevision(nodeKey(node)), "=", 0),
 	).Then(clientv3.OpDelete(key)).Commit()
 	if err != nil {
 		return nil, storeErr(ctx, err, true)
@@ -106,7 +115,13 @@ func (s *identityService) Join(ctx context.Context, req *api.JoinRequest) (*api.
 		if s.revokedInStore(ctx, node) {
 			return nil, status.Errorf(codes.PermissionDenied, "join: node %s is revoked", node)
 		}
+		if live, _ := s.st.cli.Get(octx, nodeKey(node), clientv3.WithCountOnly()); live != nil && live.Count > 0 {
+			return nil, status.Errorf(codes.AlreadyExists, "join: a node named %s is connected; pick another --node", node)
+		}
 		return nil, errTokenUsed
+	}
+	if lease := clientv3.LeaseID(get.Kvs[0].Lease); lease != 0 {
+		s.st.cli.Revoke(octx, lease) // the spent token's lease has nothing left to guard
 	}
 	chain, err := s.issueNode(node, req.GetCsr())
 	if err != nil {
@@ -167,6 +182,10 @@ func (s *identityService) IssueWorkload(ctx context.Context, req *api.IssueWorkl
 	}
 	if err := checkName("service", req.GetService()); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "issue workload: %v", err)
+	}
+	if ns == systemNamespace {
+		// The admin's and the control plane's identities live there.
+		return nil, status.Errorf(codes.PermissionDenied, "namespace %s is reserved for the control plane", systemNamespace)
 	}
 	svc := req.GetService()
 	octx, cancel := s.st.opCtx(ctx)

@@ -63,6 +63,11 @@ func (c *slogCore) Write(e zapcore.Entry, fs []zapcore.Field) error {
 		attrs = append(attrs, slog.String("logger", e.LoggerName))
 	}
 	for k, v := range enc.Fields {
+		// etcd's slow-request warning carries the whole request: a big
+		// Apply would write megabytes into the log.
+		if str, ok := v.(string); ok && len(str) > maxFieldLen {
+			v = str[:maxFieldLen] + "…(truncated)"
+		}
 		attrs = append(attrs, slog.Any(k, v))
 	}
 	level := slog.LevelInfo
@@ -79,3 +84,6 @@ func (c *slogCore) Write(e zapcore.Entry, fs []zapcore.Field) error {
 }
 
 func (c *slogCore) Sync() error { return nil }
+
+// maxFieldLen bounds one etcd log field.
+const maxFieldLen = 512
