@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -142,5 +143,25 @@ func TestPrivilegedUnenrollAndBadEnrolls(t *testing.T) {
 		if w.Netns == s.client.NetnsPath {
 			t.Fatalf("unenrolled pod still listed: %+v", w)
 		}
+	}
+}
+
+// A pod whose netns has IPv6 disabled (no ::1) is enrolled and served: the
+// agent's IPv6 loopback sockets are optional.
+func TestPrivilegedPodWithoutIPv6(t *testing.T) {
+	s := newSameNode(t)
+	p := s.node.MustAddPod(t, "v4only")
+	if out, err := exec.Command("nsenter", "--net="+p.NetnsPath, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.lo.disable_ipv6=1").CombinedOutput(); err != nil {
+		t.Fatalf("disable IPv6 in the pod: %v\n%s", err, out)
+	}
+	s.agent.enroll(p, "v4only")
+	before := s.agent.counters()["redirected"]
+	out, err := curl(t, p, s.url)
+	if err != nil {
+		t.Fatalf("curl from an IPv4-only pod: %v\n%s", err, out)
+	}
+	mustContain(t, out, "hello-from-server")
+	if got := s.agent.counters()["redirected"]; got != before+1 {
+		t.Fatalf("redirected %d -> %d, want +1", before, got)
 	}
 }

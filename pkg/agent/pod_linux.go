@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/hms-node/hms-node/pkg/agent/hbone"
 	"github.com/hms-node/hms-node/pkg/agent/health"
@@ -90,6 +91,9 @@ func openListeners(spec PodSpec, inherited map[string]*net.TCPListener) (map[str
 			continue
 		}
 		l, err := netns.Listen(spec.Netns, addr)
+		if err != nil && name == lnOut6 && noIPv6(err) {
+			continue // a pod without IPv6 loopback: nothing can dial [::1] there anyway
+		}
 		if err != nil {
 			for _, l := range out {
 				l.Close()
@@ -121,6 +125,9 @@ func openDNS(spec PodSpec, inherited map[string]*net.UDPConn) (map[string]*net.U
 			continue
 		}
 		c, err := netns.ListenUDP(spec.Netns, addr)
+		if err != nil && name == lnDNS6 && noIPv6(err) {
+			continue
+		}
 		if err != nil {
 			for _, c := range out {
 				c.Close()
@@ -132,12 +139,21 @@ func openDNS(spec PodSpec, inherited map[string]*net.UDPConn) (map[string]*net.U
 	return out, nil
 }
 
+// noIPv6 tells a bind that failed for want of IPv6 in the pod's netns.
+func noIPv6(err error) bool {
+	return errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EAFNOSUPPORT)
+}
+
 // serve accepts on every listener of the pod until they close.
 func (a *Agent) serve(p *pod) {
 	go a.dns.ServePacket(p.dns4)
-	go a.dns.ServePacket(p.dns6)
+	if p.dns6 != nil {
+		go a.dns.ServePacket(p.dns6)
+	}
 	go a.acceptLoop(p, p.ln[lnOut4], a.serveOutbound)
-	go a.acceptLoop(p, p.ln[lnOut6], a.serveOutbound)
+	if l, ok := p.ln[lnOut6]; ok {
+		go a.acceptLoop(p, l, a.serveOutbound)
+	}
 	go a.acceptLoop(p, p.ln[lnIn], a.serveInbound)
 	if a.ident != nil {
 		a.startHBONEServer(p)

@@ -56,6 +56,7 @@ func (a *Agent) takeOverPredecessor() (*inheritance, error) {
 	}
 	var st persisted
 	if err := json.Unmarshal(rcv.State, &st); err != nil {
+		rcv.Close()
 		conn.Close()
 		return nil, fmt.Errorf("take over: predecessor's state: %w", err)
 	}
@@ -183,8 +184,10 @@ func (a *Agent) offer(conn *net.UnixConn) bool {
 		for name, l := range p.ln {
 			socks = append(socks, handover.Socket{Name: podSock(p.spec.Cookie, name), Conn: l})
 		}
-		socks = append(socks, handover.Socket{Name: podSock(p.spec.Cookie, lnDNS4), Conn: p.dns4},
-			handover.Socket{Name: podSock(p.spec.Cookie, lnDNS6), Conn: p.dns6})
+		socks = append(socks, handover.Socket{Name: podSock(p.spec.Cookie, lnDNS4), Conn: p.dns4})
+		if p.dns6 != nil {
+			socks = append(socks, handover.Socket{Name: podSock(p.spec.Cookie, lnDNS6), Conn: p.dns6})
+		}
 	}
 	for _, d := range a.degraded {
 		specs = append(specs, d.spec)
