@@ -90,6 +90,10 @@ func (p *Pool) init() {
 			IdleConnTimeout:    idle,
 			ReadIdleTimeout:    30 * time.Second, // ping a silent peer
 			PingTimeout:        15 * time.Second,
+			// x/net clips 0 to 16 KiB, which makes the server cut
+			// responses into 16 KiB DATA frames, each written and
+			// flushed on its own: advertise what x/net's server does.
+			MaxReadFrameSize: 1 << 20,
 		}
 		if p.Log == nil {
 			p.Log = slog.New(slog.DiscardHandler)
