@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -61,22 +62,22 @@ func dialControl(cmd *cobra.Command) (*grpc.ClientConn, error) {
 	return conn, nil
 }
 
-// registry dials the control plane's Registry API.
-func registry(cmd *cobra.Command) (api.RegistryClient, func(), error) {
-	conn, err := dialControl(cmd)
-	if err != nil {
-		return nil, nil, err
-	}
-	return api.NewRegistryClient(conn), func() { conn.Close() }, nil
+// controlClients are the control plane's APIs over one connection.
+type controlClients struct {
+	registry api.RegistryClient
+	identity api.IdentityClient
 }
 
-// identity dials the control plane's Identity API.
-func identity(cmd *cobra.Command) (api.IdentityClient, func(), error) {
+// dialCall connects to the control plane for one CLI call, bounded by
+// rpcTimeout; done closes both.
+func dialCall(cmd *cobra.Command) (context.Context, controlClients, func(), error) {
 	conn, err := dialControl(cmd)
 	if err != nil {
-		return nil, nil, err
+		return nil, controlClients{}, nil, err
 	}
-	return api.NewIdentityClient(conn), func() { conn.Close() }, nil
+	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+	done := func() { cancel(); conn.Close() }
+	return ctx, controlClients{registry: api.NewRegistryClient(conn), identity: api.NewIdentityClient(conn)}, done, nil
 }
 
 // rpcTimeout bounds one CLI call to the control plane.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"time"
 
@@ -18,13 +17,12 @@ func tokenCmd() *cobra.Command {
 		Short: "Print a one-use join token (alone on one line) that pins this mesh's CA",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ic, done, err := identity(cmd)
+			ctx, c, done, err := dialCall(cmd)
 			if err != nil {
 				return err
 			}
 			defer done()
-			ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
-			defer cancel()
+			ic := c.identity
 			resp, err := ic.CreateToken(ctx, &api.CreateTokenRequest{TtlMs: ttl.Milliseconds()})
 			if err != nil {
 				return rpcError("token create", err)
@@ -46,13 +44,12 @@ func nodeCmd() *cobra.Command {
 		Short: "Cut a node off: its stream ends and every peer refuses its certificates",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ic, done, err := identity(cmd)
+			ctx, c, done, err := dialCall(cmd)
 			if err != nil {
 				return err
 			}
 			defer done()
-			ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
-			defer cancel()
+			ic := c.identity
 			if _, err := ic.RevokeNode(ctx, &api.RevokeNodeRequest{Node: args[0]}); err != nil {
 				return rpcError("node revoke "+args[0], err)
 			}

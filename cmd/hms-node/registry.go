@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -36,13 +35,12 @@ func applyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			reg, done, err := registry(cmd)
+			ctx, c, done, err := dialCall(cmd)
 			if err != nil {
 				return err
 			}
 			defer done()
-			ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
-			defer cancel()
+			reg := c.registry
 			resp, err := reg.Apply(ctx, &api.ApplyRequest{Services: svcs})
 			if err != nil {
 				return rpcError("apply "+file, err)
@@ -95,13 +93,12 @@ func deleteCmd() *cobra.Command {
 		Short: "Remove a service (its VIP is released)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			reg, done, err := registry(cmd)
+			ctx, c, done, err := dialCall(cmd)
 			if err != nil {
 				return err
 			}
 			defer done()
-			ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
-			defer cancel()
+			reg := c.registry
 			if _, err := reg.Delete(ctx, &api.DeleteRequest{Namespace: ns, Name: args[0]}); err != nil {
 				return rpcError("delete "+args[0], err)
 			}
@@ -121,13 +118,12 @@ func addCmd() *cobra.Command {
 		Short: "Register a service outside the mesh under a mesh name and VIP",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			reg, done, err := registry(cmd)
+			ctx, c, done, err := dialCall(cmd)
 			if err != nil {
 				return err
 			}
 			defer done()
-			ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
-			defer cancel()
+			reg := c.registry
 			resp, err := reg.AddExternal(ctx, &api.AddExternalRequest{External: &api.ExternalService{Namespace: ns, Name: args[0], Url: url}})
 			if err != nil {
 				return rpcError("add "+args[0], err)
@@ -202,13 +198,12 @@ func listCmd() *cobra.Command {
 		Short: "List services, VIPs, instances and their health",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			reg, done, err := registry(cmd)
+			ctx, c, done, err := dialCall(cmd)
 			if err != nil {
 				return err
 			}
 			defer done()
-			ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
-			defer cancel()
+			reg := c.registry
 			resp, err := reg.List(ctx, &api.ListRequest{})
 			if err != nil {
 				return rpcError("list", err)
