@@ -95,6 +95,9 @@ func (a *agentProc) start() *exec.Cmd {
 	cmd := exec.Command(hmsNode, a.args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if n := os.Getenv("HMS_AGENT_GOMAXPROCS"); n != "" { // benchmarks: the agents alone, not the load tools
+		cmd.Env = append(os.Environ(), "GOMAXPROCS="+n)
+	}
 	if err := cmd.Start(); err != nil {
 		a.t.Fatal(err)
 	}
