@@ -140,23 +140,7 @@ func (a *Agent) loadIdentity() (*nodeIdentity, error) {
 func (a *Agent) controlTLS(id *nodeIdentity) *tls.Config {
 	host, _, _ := net.SplitHostPort(a.cfg.Control)
 	return &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: id.roots, ServerName: host,
-		GetClientCertificate: id.getClientCert, VerifyConnection: verifyControlPlane}
-}
-
-// verifyControlPlane checks that the server holds the control plane's own
-// identity: the CA pin (or chain) alone proves only the mesh's CA, and
-// every node holds a certificate of it. A token must never reach a node
-// posing as the control plane.
-func verifyControlPlane(cs tls.ConnectionState) error {
-	id, err := mtls.PeerID(cs)
-	if err != nil {
-		return err
-	}
-	node, nerr := mtls.NodeOf(cs.PeerCertificates[0])
-	if id.IsNode() || id.Namespace != "hms-system" || id.Service != "control" || nerr != nil || node != "_control" {
-		return fmt.Errorf("server %s (node %q) is not the control plane", id, node)
-	}
-	return nil
+		GetClientCertificate: id.getClientCert, VerifyConnection: mtls.VerifyControlPlane}
 }
 
 // renewNodeCert renews the node certificate at half-life, for as long as

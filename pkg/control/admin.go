@@ -104,19 +104,7 @@ func JoinTLS(token string) (*tls.Config, error) {
 // verifyControlID checks, after the chain and name checks, that the server
 // holds the control plane's identity (not merely some certificate of the
 // mesh CA).
-func verifyControlID(cs tls.ConnectionState) error {
-	id, err := mtls.PeerID(cs)
-	if err != nil {
-		return err
-	}
-	if id.IsNode() || id.Namespace != systemNamespace || id.Service != controlService {
-		return fmt.Errorf("server identity %s is not the control plane's", id)
-	}
-	if node, err := mtls.NodeOf(cs.PeerCertificates[0]); err != nil || node != controlNode {
-		return fmt.Errorf("server certificate of %s was not issued to the control plane (node %q)", id, node)
-	}
-	return nil
-}
+var verifyControlID = mtls.VerifyControlPlane
 
 // writeAdminConfig writes <dataDir>/admin.yaml (mode 0600), the CLI's way
 // to the API. An unspecified listen address is written as loopback.

@@ -21,17 +21,15 @@ const (
 	rootValidity = 10 * 365 * 24 * time.Hour
 	// adminValidity is the lifetime of the admin credential in admin.yaml.
 	adminValidity = 365 * 24 * time.Hour
-	// systemNamespace holds the control plane's own identities.
-	systemNamespace = "hms-system"
-	// adminService and controlService name the admin (CLI) and the API's
-	// serving identity: spiffe://<td>/ns/hms-system/sa/{admin,control}.
-	adminService   = "admin"
-	controlService = "control"
-	// adminNode and controlNode are the node names those certificates
-	// carry. They start with '_', which no registered node name may
-	// (checkName), so revoking a node can never cut the admin off.
-	adminNode   = "_admin"
-	controlNode = "_control"
+	// The control plane's own identities (see mtls.SystemNamespace): the
+	// admin (CLI) and the API's serving identity, on pseudo-node names that
+	// no registered node may take (checkName), so revoking a node can never
+	// cut the admin off.
+	systemNamespace = mtls.SystemNamespace
+	adminService    = mtls.AdminService
+	controlService  = mtls.ControlService
+	adminNode       = mtls.AdminNode
+	controlNode     = mtls.ControlNode
 )
 
 // errOtherKEK is the start-up error of a replica whose KEK differs from the
