@@ -89,21 +89,6 @@ func (a *Agent) dialEndpoint(p *pod, ep netip.AddrPort, ns, svc string, c *net.T
 	return p.dialer.DialContext(ctx, "tcp", ep.String())
 }
 
-// serveInstance relays a connection to a mesh pod's IP:port on another
-// node through an HBONE tunnel to that instance.
-func (a *Agent) serveInstance(p *pod, c *net.TCPConn, in *api.Instance, dst, client netip.AddrPort) {
-	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.DialTimeout)
-	up, err := a.tunnel(ctx, p, in.Namespace, in.Service, dst, client)
-	cancel()
-	if err != nil {
-		a.log.Info("tunnel to instance failed", "dst", dst, "error", err)
-		c.SetLinger(0)
-		return
-	}
-	defer up.Close()
-	l4.Pipe(c, up)
-}
-
 // permissive tells whether a pod's service accepts plaintext inbound
 // (mtls: permissive); the default is required (STRICT).
 func (a *Agent) permissive(spec PodSpec) bool {

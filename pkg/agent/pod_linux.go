@@ -209,21 +209,15 @@ func (a *Agent) serveOutbound(p *pod, c *net.TCPConn) {
 		a.serveService(p, c, dst)
 		return
 	}
-	if in, ok := a.table.InstanceAt(dst); ok && a.ident != nil && a.localPod(dst) == nil {
-		a.serveInstance(p, c, in, dst, client)
-		return
+	// A mesh pod's IP:port is a call to that instance: in-process on this
+	// node, in a tunnel to another (dialEndpoint); anything else passes
+	// through, dialled from inside the pod.
+	var up net.Conn
+	if ns, svc, ok := a.meshInstance(dst); ok {
+		up, err = a.dialEndpoint(p, dst, ns, svc, c)
+	} else {
+		up, err = p.dialer.DialContext(context.Background(), "tcp", dst.String())
 	}
-	// A pod of this node is served in-process: dial its application over
-	// its own loopback instead of crossing its sk_lookup and 15006 again.
-	dialer, addr := p.dialer, dst.String()
-	if local := a.localPod(dst); local != nil {
-		if err := a.authorizeLocal(p, local); err != nil {
-			c.SetLinger(0)
-			return
-		}
-		dialer, addr = local.dialer, net.JoinHostPort("127.0.0.1", strconv.Itoa(int(dst.Port())))
-	}
-	up, err := dialer.DialContext(context.Background(), "tcp", addr)
 	if err != nil {
 		a.log.Info("upstream dial failed", "dst", dst, "error", err)
 		c.SetLinger(0) // the application sees a reset, as it would have
@@ -259,6 +253,18 @@ func (a *Agent) serveInbound(p *pod, c *net.TCPConn) {
 	}
 	defer up.Close()
 	l4.Pipe(c, up)
+}
+
+// meshInstance names the service of the mesh instance at dst: a pod of
+// this node, or one the registry knows on another node.
+func (a *Agent) meshInstance(dst netip.AddrPort) (ns, svc string, ok bool) {
+	if local := a.localPod(dst); local != nil {
+		return local.spec.Namespace, local.spec.Service, true
+	}
+	if in, ok := a.table.InstanceAt(dst); ok {
+		return in.Namespace, in.Service, true
+	}
+	return "", "", false
 }
 
 // localPod returns the enrolled pod of this node that serves dst, if any.
