@@ -16,6 +16,7 @@ type endpoint struct {
 	ejectUntil atomic.Int64   // clock value; 0 = not ejected
 	active     atomic.Int64   // outstanding connections
 	ewma       atomic.Int64   // latency, ns; 0 = not measured yet
+	sampled    atomic.Int64   // clock value of the last latency sample
 	addr       netip.AddrPort // invalid when the instance's ip/port are
 	node       string
 	failures   atomic.Int32 // consecutive connect failures

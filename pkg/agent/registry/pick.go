@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"math"
 	"math/rand/v2"
 	"net/netip"
 	"time"
@@ -8,18 +9,24 @@ import (
 	"github.com/hms-node/hms-node/pkg/api"
 )
 
-// Passive ejection after connect failures, and the latency assumed for an
-// endpoint not measured yet.
+// Passive ejection after connect failures, and how latency estimates age.
 const (
 	ejectBase   = time.Second
 	ejectMax    = 30 * time.Second
-	defaultRTT  = time.Millisecond
 	ewmaWeightN = 3 // new sample weight, in tenths
+	// An estimate decays toward zero with the time since its last sample
+	// (Linkerd's peak-EWMA decay), so an endpoint that keeps losing the
+	// comparison is tried again and re-measured instead of starving.
+	ewmaDecay = 5 * time.Second
+	// The latency an endpoint not measured yet is assumed to have: low, so
+	// a new endpoint is tried at once, but not zero, so its outstanding
+	// connections still count.
+	unmeasuredRTT = time.Microsecond
 )
 
 // Pick chooses a healthy endpoint of svc by power of two choices: two
 // random candidates, the one with the lower (outstanding+1)×EWMA-latency
-// wins. Endpoints in exclude (already tried) and passively ejected ones
+// wins; an endpoint not measured yet is assumed fast, so it is tried first. Endpoints in exclude (already tried) and passively ejected ones
 // are skipped; when every remaining endpoint is ejected, the one whose
 // ejection ends first is tried anyway (like Envoy's panic threshold) rather
 // than failing the call. ok is false when svc has no healthy endpoint left.
@@ -48,19 +55,13 @@ func (t *Table) Pick(svc *api.Service, exclude ...netip.AddrPort) (ep netip.Addr
 
 // choose runs under the read lock.
 func (t *Table) choose(hs []*endpoint, exclude []netip.AddrPort) *endpoint {
-	var now int64 // read the clock only when an endpoint is ejected
+	now := t.clock()
 	usable := func(e *endpoint) bool {
 		if excluded(e.addr, exclude) {
 			return false
 		}
 		until := e.ejectUntil.Load()
-		if until == 0 {
-			return true
-		}
-		if now == 0 {
-			now = t.clock()
-		}
-		return until <= now
+		return until == 0 || until <= now
 	}
 	n := len(hs)
 	var a, c *endpoint
@@ -104,7 +105,7 @@ func (t *Table) choose(hs []*endpoint, exclude []netip.AddrPort) *endpoint {
 	if a == nil {
 		return leastEjected(hs, exclude)
 	}
-	if c != nil && cost(c) < cost(a) {
+	if c != nil && cost(c, now) < cost(a, now) {
 		return c
 	}
 	return a
@@ -135,12 +136,16 @@ func leastEjected(hs []*endpoint, exclude []netip.AddrPort) *endpoint {
 	return best
 }
 
-func cost(e *endpoint) int64 {
-	rtt := e.ewma.Load()
+func cost(e *endpoint, now int64) float64 {
+	rtt := float64(e.ewma.Load())
 	if rtt <= 0 {
-		rtt = int64(defaultRTT)
+		rtt = float64(unmeasuredRTT)
+	} else {
+		if age := now - e.sampled.Load(); age > 0 {
+			rtt *= math.Exp(-float64(age) / float64(ewmaDecay))
+		}
 	}
-	return (e.active.Load() + 1) * rtt
+	return float64(e.active.Load()+1) * rtt
 }
 
 // release is an endpoint's done.
@@ -169,5 +174,6 @@ func (t *Table) release(e *endpoint, err error, latency time.Duration) {
 			next = old + (int64(latency)-old)*ewmaWeightN/10
 		}
 		e.ewma.Store(next)
+		e.sampled.Store(t.clock())
 	}
 }

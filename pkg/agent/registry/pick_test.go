@@ -103,6 +103,36 @@ func TestPickPrefersLowLatency(t *testing.T) {
 	}
 }
 
+// A slower endpoint is not starved for good: it is tried before it has a
+// sample, and again once the faster one's lead has decayed.
+func TestPickReprobesAfterDecay(t *testing.T) {
+	tb, web, now := pickTable(t,
+		inst("", "web", "n1", "10.0.0.1", 8080, true),
+		inst("", "web", "n2", "10.0.0.2", 8080, true))
+	fast, slow := ap("10.0.0.1:8080"), ap("10.0.0.2:8080")
+	lat := map[netip.AddrPort]time.Duration{fast: 300 * time.Microsecond, slow: 2 * time.Millisecond}
+	call := func() netip.AddrPort {
+		ep, _, done, _ := tb.Pick(web)
+		done(nil, lat[ep])
+		*now += int64(10 * time.Millisecond) // sequential calls, 100/s
+		return ep
+	}
+	// Both are unmeasured: whichever goes first, the other is next.
+	if a, b := call(), call(); a == b {
+		t.Fatalf("first two picks both went to %v", a)
+	}
+	// Now slow has a 2 ms sample and fast keeps being refreshed at 0.3 ms:
+	// slow must come back within ewmaDecay×ln(2/0.3) ≈ 9.5 s of calls.
+	seen := map[netip.AddrPort]int{}
+	for range 2000 { // 20 s of calls
+		seen[call()]++
+	}
+	t.Logf("picks over 20 s, 0.3 ms vs 2 ms: %v", seen)
+	if seen[slow] == 0 || seen[fast] < 1900 {
+		t.Fatalf("decay: %v", seen)
+	}
+}
+
 func TestPickEjectsAfterConnectFailure(t *testing.T) {
 	good, bad := ap("10.0.0.1:8080"), ap("10.0.0.2:8080")
 	tb, web, now := pickTable(t,
