@@ -32,6 +32,11 @@ declare -A probe=(
 	[etcd-server]=/usr/bin/etcd      # the 3-member cluster test (pkg/control)
 	[tshark]=tshark                  # the wire test: only TLS 1.3 crosses between nodes
 	[haproxy]=haproxy                # the sidecar baseline of the mTLS benchmark
+	[prometheus]=prometheus          # the metrics test scrapes the agents with a real Prometheus (+ promtool)
+	[chromium]=chromium              # the dashboard test drives a headless browser
+	[podman]=podman                  # the container-image test runs the agent image
+	[buildah]=buildah                # make image: builds the OCI image without a daemon
+	[containernetworking-plugins]=/usr/lib/cni/bridge # the CNI test chains our plugin after bridge + host-local
 )
 
 present() {

@@ -833,6 +833,895 @@ func (x *RateLimit) GetRps() float64 {
 	return 0
 }
 
+type SetLimitRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Limit         *RateLimit             `protobuf:"bytes,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetLimitRequest) Reset() {
+	*x = SetLimitRequest{}
+	mi := &file_hms_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetLimitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetLimitRequest) ProtoMessage() {}
+
+func (x *SetLimitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetLimitRequest.ProtoReflect.Descriptor instead.
+func (*SetLimitRequest) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SetLimitRequest) GetLimit() *RateLimit {
+	if x != nil {
+		return x.Limit
+	}
+	return nil
+}
+
+type SetLimitResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Limit         *RateLimit             `protobuf:"bytes,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetLimitResponse) Reset() {
+	*x = SetLimitResponse{}
+	mi := &file_hms_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetLimitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetLimitResponse) ProtoMessage() {}
+
+func (x *SetLimitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetLimitResponse.ProtoReflect.Descriptor instead.
+func (*SetLimitResponse) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SetLimitResponse) GetLimit() *RateLimit {
+	if x != nil {
+		return x.Limit
+	}
+	return nil
+}
+
+type ClearLimitRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Service       string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClearLimitRequest) Reset() {
+	*x = ClearLimitRequest{}
+	mi := &file_hms_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClearLimitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClearLimitRequest) ProtoMessage() {}
+
+func (x *ClearLimitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClearLimitRequest.ProtoReflect.Descriptor instead.
+func (*ClearLimitRequest) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ClearLimitRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ClearLimitRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+type ClearLimitResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClearLimitResponse) Reset() {
+	*x = ClearLimitResponse{}
+	mi := &file_hms_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClearLimitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClearLimitResponse) ProtoMessage() {}
+
+func (x *ClearLimitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClearLimitResponse.ProtoReflect.Descriptor instead.
+func (*ClearLimitResponse) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{14}
+}
+
+type SetRouteRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Route         *Route                 `protobuf:"bytes,1,opt,name=route,proto3" json:"route,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRouteRequest) Reset() {
+	*x = SetRouteRequest{}
+	mi := &file_hms_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRouteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRouteRequest) ProtoMessage() {}
+
+func (x *SetRouteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRouteRequest.ProtoReflect.Descriptor instead.
+func (*SetRouteRequest) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *SetRouteRequest) GetRoute() *Route {
+	if x != nil {
+		return x.Route
+	}
+	return nil
+}
+
+type SetRouteResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Route         *Route                 `protobuf:"bytes,1,opt,name=route,proto3" json:"route,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRouteResponse) Reset() {
+	*x = SetRouteResponse{}
+	mi := &file_hms_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRouteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRouteResponse) ProtoMessage() {}
+
+func (x *SetRouteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRouteResponse.ProtoReflect.Descriptor instead.
+func (*SetRouteResponse) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *SetRouteResponse) GetRoute() *Route {
+	if x != nil {
+		return x.Route
+	}
+	return nil
+}
+
+// Call is one HTTP request the proxy saw, from the side that reports it
+// (tap, tail, access log).
+type Call struct {
+	state                    protoimpl.MessageState `protogen:"open.v1"`
+	TimeUnixNano             int64                  `protobuf:"varint,1,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`                // when the request arrived
+	Reporter                 string                 `protobuf:"bytes,2,opt,name=reporter,proto3" json:"reporter,omitempty"`                                               // "source" or "destination"
+	Node                     string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`                                                       // the reporting agent's node
+	SourcePrincipal          string                 `protobuf:"bytes,4,opt,name=source_principal,json=sourcePrincipal,proto3" json:"source_principal,omitempty"`          // the caller's SPIFFE ID
+	SourceWorkload           string                 `protobuf:"bytes,5,opt,name=source_workload,json=sourceWorkload,proto3" json:"source_workload,omitempty"`             // the caller's "ns/svc"
+	DestinationService       string                 `protobuf:"bytes,6,opt,name=destination_service,json=destinationService,proto3" json:"destination_service,omitempty"` // the callee's "ns/svc"
+	Endpoint                 string                 `protobuf:"bytes,7,opt,name=endpoint,proto3" json:"endpoint,omitempty"`                                               // ip:port of the instance that answered
+	Method                   string                 `protobuf:"bytes,8,opt,name=method,proto3" json:"method,omitempty"`
+	Path                     string                 `protobuf:"bytes,9,opt,name=path,proto3" json:"path,omitempty"`
+	Status                   uint32                 `protobuf:"varint,10,opt,name=status,proto3" json:"status,omitempty"`
+	LatencyUs                int64                  `protobuf:"varint,11,opt,name=latency_us,json=latencyUs,proto3" json:"latency_us,omitempty"`
+	Retries                  uint32                 `protobuf:"varint,12,opt,name=retries,proto3" json:"retries,omitempty"`
+	Flags                    string                 `protobuf:"bytes,13,opt,name=flags,proto3" json:"flags,omitempty"`                                                                         // Istio response flags: "-", UF, UH, UO, UT, RL, URX, DC
+	TraceId                  string                 `protobuf:"bytes,14,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`                                                      // x-hms-trace-id
+	Protocol                 string                 `protobuf:"bytes,15,opt,name=protocol,proto3" json:"protocol,omitempty"`                                                                   // "HTTP/1.1" or "HTTP/2"
+	DestinationPrincipal     string                 `protobuf:"bytes,16,opt,name=destination_principal,json=destinationPrincipal,proto3" json:"destination_principal,omitempty"`               // the callee's SPIFFE ID
+	ConnectionSecurityPolicy string                 `protobuf:"bytes,17,opt,name=connection_security_policy,json=connectionSecurityPolicy,proto3" json:"connection_security_policy,omitempty"` // "mutual_tls" or "none"
+	RequestBytes             int64                  `protobuf:"varint,18,opt,name=request_bytes,json=requestBytes,proto3" json:"request_bytes,omitempty"`
+	ResponseBytes            int64                  `protobuf:"varint,19,opt,name=response_bytes,json=responseBytes,proto3" json:"response_bytes,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
+}
+
+func (x *Call) Reset() {
+	*x = Call{}
+	mi := &file_hms_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Call) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Call) ProtoMessage() {}
+
+func (x *Call) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Call.ProtoReflect.Descriptor instead.
+func (*Call) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Call) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *Call) GetReporter() string {
+	if x != nil {
+		return x.Reporter
+	}
+	return ""
+}
+
+func (x *Call) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Call) GetSourcePrincipal() string {
+	if x != nil {
+		return x.SourcePrincipal
+	}
+	return ""
+}
+
+func (x *Call) GetSourceWorkload() string {
+	if x != nil {
+		return x.SourceWorkload
+	}
+	return ""
+}
+
+func (x *Call) GetDestinationService() string {
+	if x != nil {
+		return x.DestinationService
+	}
+	return ""
+}
+
+func (x *Call) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *Call) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *Call) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Call) GetStatus() uint32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *Call) GetLatencyUs() int64 {
+	if x != nil {
+		return x.LatencyUs
+	}
+	return 0
+}
+
+func (x *Call) GetRetries() uint32 {
+	if x != nil {
+		return x.Retries
+	}
+	return 0
+}
+
+func (x *Call) GetFlags() string {
+	if x != nil {
+		return x.Flags
+	}
+	return ""
+}
+
+func (x *Call) GetTraceId() string {
+	if x != nil {
+		return x.TraceId
+	}
+	return ""
+}
+
+func (x *Call) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *Call) GetDestinationPrincipal() string {
+	if x != nil {
+		return x.DestinationPrincipal
+	}
+	return ""
+}
+
+func (x *Call) GetConnectionSecurityPolicy() string {
+	if x != nil {
+		return x.ConnectionSecurityPolicy
+	}
+	return ""
+}
+
+func (x *Call) GetRequestBytes() int64 {
+	if x != nil {
+		return x.RequestBytes
+	}
+	return 0
+}
+
+func (x *Call) GetResponseBytes() int64 {
+	if x != nil {
+		return x.ResponseBytes
+	}
+	return 0
+}
+
+// TapRequest asks for the calls of one service (as caller or callee).
+type TapRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Service       string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	Last          uint32                 `protobuf:"varint,3,opt,name=last,proto3" json:"last,omitempty"`     // how many recent calls; 0 = none
+	Follow        bool                   `protobuf:"varint,4,opt,name=follow,proto3" json:"follow,omitempty"` // then stream new calls
+	Id            string                 `protobuf:"bytes,5,opt,name=id,proto3" json:"id,omitempty"`          // set by the control plane when relaying
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TapRequest) Reset() {
+	*x = TapRequest{}
+	mi := &file_hms_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TapRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TapRequest) ProtoMessage() {}
+
+func (x *TapRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TapRequest.ProtoReflect.Descriptor instead.
+func (*TapRequest) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *TapRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *TapRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *TapRequest) GetLast() uint32 {
+	if x != nil {
+		return x.Last
+	}
+	return 0
+}
+
+func (x *TapRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *TapRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// TapReply carries an agent's calls for one TapRequest: first its recent
+// calls, then (following) new ones as they happen; done=true ends it.
+type TapReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Calls         []*Call                `protobuf:"bytes,2,rep,name=calls,proto3" json:"calls,omitempty"`
+	Done          bool                   `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TapReply) Reset() {
+	*x = TapReply{}
+	mi := &file_hms_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TapReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TapReply) ProtoMessage() {}
+
+func (x *TapReply) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TapReply.ProtoReflect.Descriptor instead.
+func (*TapReply) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *TapReply) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *TapReply) GetCalls() []*Call {
+	if x != nil {
+		return x.Calls
+	}
+	return nil
+}
+
+func (x *TapReply) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
+type TapCancel struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TapCancel) Reset() {
+	*x = TapCancel{}
+	mi := &file_hms_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TapCancel) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TapCancel) ProtoMessage() {}
+
+func (x *TapCancel) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TapCancel.ProtoReflect.Descriptor instead.
+func (*TapCancel) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *TapCancel) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// Stats is an agent's periodic summary for the dashboard (kept in memory
+// by the control plane, not in etcd).
+type Stats struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WindowMs      int64                  `protobuf:"varint,1,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"` // the period the counts cover
+	Edges         []*EdgeStats           `protobuf:"bytes,2,rep,name=edges,proto3" json:"edges,omitempty"`
+	Circuits      []*CircuitStatus       `protobuf:"bytes,3,rep,name=circuits,proto3" json:"circuits,omitempty"`
+	Certs         []*CertStatus          `protobuf:"bytes,4,rep,name=certs,proto3" json:"certs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Stats) Reset() {
+	*x = Stats{}
+	mi := &file_hms_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Stats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Stats) ProtoMessage() {}
+
+func (x *Stats) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Stats.ProtoReflect.Descriptor instead.
+func (*Stats) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Stats) GetWindowMs() int64 {
+	if x != nil {
+		return x.WindowMs
+	}
+	return 0
+}
+
+func (x *Stats) GetEdges() []*EdgeStats {
+	if x != nil {
+		return x.Edges
+	}
+	return nil
+}
+
+func (x *Stats) GetCircuits() []*CircuitStatus {
+	if x != nil {
+		return x.Circuits
+	}
+	return nil
+}
+
+func (x *Stats) GetCerts() []*CertStatus {
+	if x != nil {
+		return x.Certs
+	}
+	return nil
+}
+
+// EdgeStats is the traffic from one source workload to one destination
+// service seen by the source's agent in the window.
+type EdgeStats struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Source        string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`           // "ns/svc"
+	Destination   string                 `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"` // "ns/svc"
+	Requests      uint64                 `protobuf:"varint,3,opt,name=requests,proto3" json:"requests,omitempty"`
+	Errors        uint64                 `protobuf:"varint,4,opt,name=errors,proto3" json:"errors,omitempty"` // 5xx and failed calls
+	P99Ms         float64                `protobuf:"fixed64,5,opt,name=p99_ms,json=p99Ms,proto3" json:"p99_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EdgeStats) Reset() {
+	*x = EdgeStats{}
+	mi := &file_hms_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EdgeStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EdgeStats) ProtoMessage() {}
+
+func (x *EdgeStats) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EdgeStats.ProtoReflect.Descriptor instead.
+func (*EdgeStats) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *EdgeStats) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *EdgeStats) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *EdgeStats) GetRequests() uint64 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+func (x *EdgeStats) GetErrors() uint64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *EdgeStats) GetP99Ms() float64 {
+	if x != nil {
+		return x.P99Ms
+	}
+	return 0
+}
+
+type CircuitStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Destination   string                 `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"` // "ns/svc"
+	State         string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`             // "closed", "open", "half-open"
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CircuitStatus) Reset() {
+	*x = CircuitStatus{}
+	mi := &file_hms_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CircuitStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CircuitStatus) ProtoMessage() {}
+
+func (x *CircuitStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CircuitStatus.ProtoReflect.Descriptor instead.
+func (*CircuitStatus) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *CircuitStatus) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *CircuitStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+type CertStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Identity      string                 `protobuf:"bytes,1,opt,name=identity,proto3" json:"identity,omitempty"`
+	ExpiryUnix    int64                  `protobuf:"varint,2,opt,name=expiry_unix,json=expiryUnix,proto3" json:"expiry_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertStatus) Reset() {
+	*x = CertStatus{}
+	mi := &file_hms_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertStatus) ProtoMessage() {}
+
+func (x *CertStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_hms_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertStatus.ProtoReflect.Descriptor instead.
+func (*CertStatus) Descriptor() ([]byte, []int) {
+	return file_hms_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *CertStatus) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *CertStatus) GetExpiryUnix() int64 {
+	if x != nil {
+		return x.ExpiryUnix
+	}
+	return 0
+}
+
 type ApplyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Services      []*Service             `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
@@ -842,7 +1731,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_hms_proto_msgTypes[11]
+	mi := &file_hms_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -854,7 +1743,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[11]
+	mi := &file_hms_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -867,7 +1756,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{11}
+	return file_hms_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ApplyRequest) GetServices() []*Service {
@@ -889,7 +1778,7 @@ type ApplyResult struct {
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_hms_proto_msgTypes[12]
+	mi := &file_hms_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -901,7 +1790,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[12]
+	mi := &file_hms_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -914,7 +1803,7 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{12}
+	return file_hms_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ApplyResult) GetService() *Service {
@@ -954,7 +1843,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_hms_proto_msgTypes[13]
+	mi := &file_hms_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -966,7 +1855,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[13]
+	mi := &file_hms_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -979,7 +1868,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{13}
+	return file_hms_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ApplyResponse) GetResults() []*ApplyResult {
@@ -999,7 +1888,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_hms_proto_msgTypes[14]
+	mi := &file_hms_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1900,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[14]
+	mi := &file_hms_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1913,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{14}
+	return file_hms_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteRequest) GetNamespace() string {
@@ -1049,7 +1938,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_hms_proto_msgTypes[15]
+	mi := &file_hms_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +1950,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[15]
+	mi := &file_hms_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1963,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{15}
+	return file_hms_proto_rawDescGZIP(), []int{29}
 }
 
 type ListRequest struct {
@@ -1085,7 +1974,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_hms_proto_msgTypes[16]
+	mi := &file_hms_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1986,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[16]
+	mi := &file_hms_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1999,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{16}
+	return file_hms_proto_rawDescGZIP(), []int{30}
 }
 
 type ListResponse struct {
@@ -1126,7 +2015,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_hms_proto_msgTypes[17]
+	mi := &file_hms_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +2027,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[17]
+	mi := &file_hms_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +2040,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{17}
+	return file_hms_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListResponse) GetServices() []*Service {
@@ -1198,7 +2087,7 @@ type AddExternalRequest struct {
 
 func (x *AddExternalRequest) Reset() {
 	*x = AddExternalRequest{}
-	mi := &file_hms_proto_msgTypes[18]
+	mi := &file_hms_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +2099,7 @@ func (x *AddExternalRequest) String() string {
 func (*AddExternalRequest) ProtoMessage() {}
 
 func (x *AddExternalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[18]
+	mi := &file_hms_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +2112,7 @@ func (x *AddExternalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddExternalRequest.ProtoReflect.Descriptor instead.
 func (*AddExternalRequest) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{18}
+	return file_hms_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *AddExternalRequest) GetExternal() *ExternalService {
@@ -1242,7 +2131,7 @@ type AddExternalResponse struct {
 
 func (x *AddExternalResponse) Reset() {
 	*x = AddExternalResponse{}
-	mi := &file_hms_proto_msgTypes[19]
+	mi := &file_hms_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +2143,7 @@ func (x *AddExternalResponse) String() string {
 func (*AddExternalResponse) ProtoMessage() {}
 
 func (x *AddExternalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[19]
+	mi := &file_hms_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +2156,7 @@ func (x *AddExternalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddExternalResponse.ProtoReflect.Descriptor instead.
 func (*AddExternalResponse) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{19}
+	return file_hms_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AddExternalResponse) GetExternal() *ExternalService {
@@ -1284,6 +2173,8 @@ type AgentMessage struct {
 	//	*AgentMessage_Hello
 	//	*AgentMessage_Instance
 	//	*AgentMessage_Heartbeat
+	//	*AgentMessage_Tap
+	//	*AgentMessage_Stats
 	Msg           isAgentMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1291,7 +2182,7 @@ type AgentMessage struct {
 
 func (x *AgentMessage) Reset() {
 	*x = AgentMessage{}
-	mi := &file_hms_proto_msgTypes[20]
+	mi := &file_hms_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1303,7 +2194,7 @@ func (x *AgentMessage) String() string {
 func (*AgentMessage) ProtoMessage() {}
 
 func (x *AgentMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[20]
+	mi := &file_hms_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1316,7 +2207,7 @@ func (x *AgentMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentMessage.ProtoReflect.Descriptor instead.
 func (*AgentMessage) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{20}
+	return file_hms_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AgentMessage) GetMsg() isAgentMessage_Msg {
@@ -1353,6 +2244,24 @@ func (x *AgentMessage) GetHeartbeat() *Heartbeat {
 	return nil
 }
 
+func (x *AgentMessage) GetTap() *TapReply {
+	if x != nil {
+		if x, ok := x.Msg.(*AgentMessage_Tap); ok {
+			return x.Tap
+		}
+	}
+	return nil
+}
+
+func (x *AgentMessage) GetStats() *Stats {
+	if x != nil {
+		if x, ok := x.Msg.(*AgentMessage_Stats); ok {
+			return x.Stats
+		}
+	}
+	return nil
+}
+
 type isAgentMessage_Msg interface {
 	isAgentMessage_Msg()
 }
@@ -1369,11 +2278,23 @@ type AgentMessage_Heartbeat struct {
 	Heartbeat *Heartbeat `protobuf:"bytes,3,opt,name=heartbeat,proto3,oneof"`
 }
 
+type AgentMessage_Tap struct {
+	Tap *TapReply `protobuf:"bytes,4,opt,name=tap,proto3,oneof"`
+}
+
+type AgentMessage_Stats struct {
+	Stats *Stats `protobuf:"bytes,5,opt,name=stats,proto3,oneof"`
+}
+
 func (*AgentMessage_Hello) isAgentMessage_Msg() {}
 
 func (*AgentMessage_Instance) isAgentMessage_Msg() {}
 
 func (*AgentMessage_Heartbeat) isAgentMessage_Msg() {}
+
+func (*AgentMessage_Tap) isAgentMessage_Msg() {}
+
+func (*AgentMessage_Stats) isAgentMessage_Msg() {}
 
 type Hello struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -1386,7 +2307,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_hms_proto_msgTypes[21]
+	mi := &file_hms_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1398,7 +2319,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[21]
+	mi := &file_hms_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1411,7 +2332,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{21}
+	return file_hms_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Hello) GetNode() *Node {
@@ -1445,7 +2366,7 @@ type InstanceUpdate struct {
 
 func (x *InstanceUpdate) Reset() {
 	*x = InstanceUpdate{}
-	mi := &file_hms_proto_msgTypes[22]
+	mi := &file_hms_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +2378,7 @@ func (x *InstanceUpdate) String() string {
 func (*InstanceUpdate) ProtoMessage() {}
 
 func (x *InstanceUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[22]
+	mi := &file_hms_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +2391,7 @@ func (x *InstanceUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstanceUpdate.ProtoReflect.Descriptor instead.
 func (*InstanceUpdate) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{22}
+	return file_hms_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *InstanceUpdate) GetInstance() *Instance {
@@ -1495,7 +2416,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_hms_proto_msgTypes[23]
+	mi := &file_hms_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1507,7 +2428,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[23]
+	mi := &file_hms_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1520,7 +2441,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{23}
+	return file_hms_proto_rawDescGZIP(), []int{37}
 }
 
 type ControlMessage struct {
@@ -1529,6 +2450,8 @@ type ControlMessage struct {
 	//
 	//	*ControlMessage_Snapshot
 	//	*ControlMessage_Delta
+	//	*ControlMessage_Tap
+	//	*ControlMessage_TapCancel
 	Msg           isControlMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1536,7 +2459,7 @@ type ControlMessage struct {
 
 func (x *ControlMessage) Reset() {
 	*x = ControlMessage{}
-	mi := &file_hms_proto_msgTypes[24]
+	mi := &file_hms_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1548,7 +2471,7 @@ func (x *ControlMessage) String() string {
 func (*ControlMessage) ProtoMessage() {}
 
 func (x *ControlMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[24]
+	mi := &file_hms_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1561,7 +2484,7 @@ func (x *ControlMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlMessage.ProtoReflect.Descriptor instead.
 func (*ControlMessage) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{24}
+	return file_hms_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ControlMessage) GetMsg() isControlMessage_Msg {
@@ -1589,6 +2512,24 @@ func (x *ControlMessage) GetDelta() *Delta {
 	return nil
 }
 
+func (x *ControlMessage) GetTap() *TapRequest {
+	if x != nil {
+		if x, ok := x.Msg.(*ControlMessage_Tap); ok {
+			return x.Tap
+		}
+	}
+	return nil
+}
+
+func (x *ControlMessage) GetTapCancel() *TapCancel {
+	if x != nil {
+		if x, ok := x.Msg.(*ControlMessage_TapCancel); ok {
+			return x.TapCancel
+		}
+	}
+	return nil
+}
+
 type isControlMessage_Msg interface {
 	isControlMessage_Msg()
 }
@@ -1601,9 +2542,21 @@ type ControlMessage_Delta struct {
 	Delta *Delta `protobuf:"bytes,2,opt,name=delta,proto3,oneof"`
 }
 
+type ControlMessage_Tap struct {
+	Tap *TapRequest `protobuf:"bytes,3,opt,name=tap,proto3,oneof"`
+}
+
+type ControlMessage_TapCancel struct {
+	TapCancel *TapCancel `protobuf:"bytes,4,opt,name=tap_cancel,json=tapCancel,proto3,oneof"`
+}
+
 func (*ControlMessage_Snapshot) isControlMessage_Msg() {}
 
 func (*ControlMessage_Delta) isControlMessage_Msg() {}
+
+func (*ControlMessage_Tap) isControlMessage_Msg() {}
+
+func (*ControlMessage_TapCancel) isControlMessage_Msg() {}
 
 // Snapshot is the whole registry at a revision.
 type Snapshot struct {
@@ -1623,7 +2576,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_hms_proto_msgTypes[25]
+	mi := &file_hms_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1635,7 +2588,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[25]
+	mi := &file_hms_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1648,7 +2601,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{25}
+	return file_hms_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Snapshot) GetRevision() int64 {
@@ -1725,7 +2678,7 @@ type Delta struct {
 
 func (x *Delta) Reset() {
 	*x = Delta{}
-	mi := &file_hms_proto_msgTypes[26]
+	mi := &file_hms_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1737,7 +2690,7 @@ func (x *Delta) String() string {
 func (*Delta) ProtoMessage() {}
 
 func (x *Delta) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[26]
+	mi := &file_hms_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1750,7 +2703,7 @@ func (x *Delta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delta.ProtoReflect.Descriptor instead.
 func (*Delta) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{26}
+	return file_hms_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Delta) GetRevision() int64 {
@@ -1787,7 +2740,7 @@ type Change struct {
 
 func (x *Change) Reset() {
 	*x = Change{}
-	mi := &file_hms_proto_msgTypes[27]
+	mi := &file_hms_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1799,7 +2752,7 @@ func (x *Change) String() string {
 func (*Change) ProtoMessage() {}
 
 func (x *Change) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[27]
+	mi := &file_hms_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1812,7 +2765,7 @@ func (x *Change) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Change.ProtoReflect.Descriptor instead.
 func (*Change) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{27}
+	return file_hms_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Change) GetKey() string {
@@ -1957,7 +2910,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_hms_proto_msgTypes[28]
+	mi := &file_hms_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1969,7 +2922,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[28]
+	mi := &file_hms_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1982,7 +2935,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{28}
+	return file_hms_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Revocation) GetNode() string {
@@ -2008,7 +2961,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_hms_proto_msgTypes[29]
+	mi := &file_hms_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2020,7 +2973,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[29]
+	mi := &file_hms_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2033,7 +2986,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{29}
+	return file_hms_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *CreateTokenRequest) GetTtlMs() int64 {
@@ -2053,7 +3006,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_hms_proto_msgTypes[30]
+	mi := &file_hms_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2065,7 +3018,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[30]
+	mi := &file_hms_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2078,7 +3031,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{30}
+	return file_hms_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -2106,7 +3059,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_hms_proto_msgTypes[31]
+	mi := &file_hms_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2118,7 +3071,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[31]
+	mi := &file_hms_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2131,7 +3084,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{31}
+	return file_hms_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *JoinRequest) GetToken() string {
@@ -2166,7 +3119,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_hms_proto_msgTypes[32]
+	mi := &file_hms_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2178,7 +3131,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[32]
+	mi := &file_hms_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2191,7 +3144,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{32}
+	return file_hms_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *JoinResponse) GetChainPem() []byte {
@@ -2224,7 +3177,7 @@ type RenewNodeRequest struct {
 
 func (x *RenewNodeRequest) Reset() {
 	*x = RenewNodeRequest{}
-	mi := &file_hms_proto_msgTypes[33]
+	mi := &file_hms_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2236,7 +3189,7 @@ func (x *RenewNodeRequest) String() string {
 func (*RenewNodeRequest) ProtoMessage() {}
 
 func (x *RenewNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[33]
+	mi := &file_hms_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2249,7 +3202,7 @@ func (x *RenewNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewNodeRequest.ProtoReflect.Descriptor instead.
 func (*RenewNodeRequest) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{33}
+	return file_hms_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RenewNodeRequest) GetCsr() []byte {
@@ -2268,7 +3221,7 @@ type RenewNodeResponse struct {
 
 func (x *RenewNodeResponse) Reset() {
 	*x = RenewNodeResponse{}
-	mi := &file_hms_proto_msgTypes[34]
+	mi := &file_hms_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2280,7 +3233,7 @@ func (x *RenewNodeResponse) String() string {
 func (*RenewNodeResponse) ProtoMessage() {}
 
 func (x *RenewNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[34]
+	mi := &file_hms_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2293,7 +3246,7 @@ func (x *RenewNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewNodeResponse.ProtoReflect.Descriptor instead.
 func (*RenewNodeResponse) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{34}
+	return file_hms_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RenewNodeResponse) GetChainPem() []byte {
@@ -2314,7 +3267,7 @@ type IssueWorkloadRequest struct {
 
 func (x *IssueWorkloadRequest) Reset() {
 	*x = IssueWorkloadRequest{}
-	mi := &file_hms_proto_msgTypes[35]
+	mi := &file_hms_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2326,7 +3279,7 @@ func (x *IssueWorkloadRequest) String() string {
 func (*IssueWorkloadRequest) ProtoMessage() {}
 
 func (x *IssueWorkloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[35]
+	mi := &file_hms_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2339,7 +3292,7 @@ func (x *IssueWorkloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadRequest.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadRequest) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{35}
+	return file_hms_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *IssueWorkloadRequest) GetNamespace() string {
@@ -2372,7 +3325,7 @@ type IssueWorkloadResponse struct {
 
 func (x *IssueWorkloadResponse) Reset() {
 	*x = IssueWorkloadResponse{}
-	mi := &file_hms_proto_msgTypes[36]
+	mi := &file_hms_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2384,7 +3337,7 @@ func (x *IssueWorkloadResponse) String() string {
 func (*IssueWorkloadResponse) ProtoMessage() {}
 
 func (x *IssueWorkloadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[36]
+	mi := &file_hms_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2397,7 +3350,7 @@ func (x *IssueWorkloadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueWorkloadResponse.ProtoReflect.Descriptor instead.
 func (*IssueWorkloadResponse) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{36}
+	return file_hms_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *IssueWorkloadResponse) GetChainPem() []byte {
@@ -2416,7 +3369,7 @@ type RevokeNodeRequest struct {
 
 func (x *RevokeNodeRequest) Reset() {
 	*x = RevokeNodeRequest{}
-	mi := &file_hms_proto_msgTypes[37]
+	mi := &file_hms_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2428,7 +3381,7 @@ func (x *RevokeNodeRequest) String() string {
 func (*RevokeNodeRequest) ProtoMessage() {}
 
 func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[37]
+	mi := &file_hms_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2441,7 +3394,7 @@ func (x *RevokeNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeNodeRequest) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{37}
+	return file_hms_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RevokeNodeRequest) GetNode() string {
@@ -2459,7 +3412,7 @@ type RevokeNodeResponse struct {
 
 func (x *RevokeNodeResponse) Reset() {
 	*x = RevokeNodeResponse{}
-	mi := &file_hms_proto_msgTypes[38]
+	mi := &file_hms_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2471,7 +3424,7 @@ func (x *RevokeNodeResponse) String() string {
 func (*RevokeNodeResponse) ProtoMessage() {}
 
 func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hms_proto_msgTypes[38]
+	mi := &file_hms_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2484,7 +3437,7 @@ func (x *RevokeNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeNodeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeNodeResponse) Descriptor() ([]byte, []int) {
-	return file_hms_proto_rawDescGZIP(), []int{38}
+	return file_hms_proto_rawDescGZIP(), []int{52}
 }
 
 var File_hms_proto protoreflect.FileDescriptor
@@ -2560,7 +3513,73 @@ const file_hms_proto_rawDesc = "" +
 	"\tRateLimit\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x10\n" +
-	"\x03rps\x18\x03 \x01(\x01R\x03rps\";\n" +
+	"\x03rps\x18\x03 \x01(\x01R\x03rps\":\n" +
+	"\x0fSetLimitRequest\x12'\n" +
+	"\x05limit\x18\x01 \x01(\v2\x11.hms.v1.RateLimitR\x05limit\";\n" +
+	"\x10SetLimitResponse\x12'\n" +
+	"\x05limit\x18\x01 \x01(\v2\x11.hms.v1.RateLimitR\x05limit\"K\n" +
+	"\x11ClearLimitRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\"\x14\n" +
+	"\x12ClearLimitResponse\"6\n" +
+	"\x0fSetRouteRequest\x12#\n" +
+	"\x05route\x18\x01 \x01(\v2\r.hms.v1.RouteR\x05route\"7\n" +
+	"\x10SetRouteResponse\x12#\n" +
+	"\x05route\x18\x01 \x01(\v2\r.hms.v1.RouteR\x05route\"\x86\x05\n" +
+	"\x04Call\x12$\n" +
+	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x1a\n" +
+	"\breporter\x18\x02 \x01(\tR\breporter\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12)\n" +
+	"\x10source_principal\x18\x04 \x01(\tR\x0fsourcePrincipal\x12'\n" +
+	"\x0fsource_workload\x18\x05 \x01(\tR\x0esourceWorkload\x12/\n" +
+	"\x13destination_service\x18\x06 \x01(\tR\x12destinationService\x12\x1a\n" +
+	"\bendpoint\x18\a \x01(\tR\bendpoint\x12\x16\n" +
+	"\x06method\x18\b \x01(\tR\x06method\x12\x12\n" +
+	"\x04path\x18\t \x01(\tR\x04path\x12\x16\n" +
+	"\x06status\x18\n" +
+	" \x01(\rR\x06status\x12\x1d\n" +
+	"\n" +
+	"latency_us\x18\v \x01(\x03R\tlatencyUs\x12\x18\n" +
+	"\aretries\x18\f \x01(\rR\aretries\x12\x14\n" +
+	"\x05flags\x18\r \x01(\tR\x05flags\x12\x19\n" +
+	"\btrace_id\x18\x0e \x01(\tR\atraceId\x12\x1a\n" +
+	"\bprotocol\x18\x0f \x01(\tR\bprotocol\x123\n" +
+	"\x15destination_principal\x18\x10 \x01(\tR\x14destinationPrincipal\x12<\n" +
+	"\x1aconnection_security_policy\x18\x11 \x01(\tR\x18connectionSecurityPolicy\x12#\n" +
+	"\rrequest_bytes\x18\x12 \x01(\x03R\frequestBytes\x12%\n" +
+	"\x0eresponse_bytes\x18\x13 \x01(\x03R\rresponseBytes\"\x80\x01\n" +
+	"\n" +
+	"TapRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x12\n" +
+	"\x04last\x18\x03 \x01(\rR\x04last\x12\x16\n" +
+	"\x06follow\x18\x04 \x01(\bR\x06follow\x12\x0e\n" +
+	"\x02id\x18\x05 \x01(\tR\x02id\"R\n" +
+	"\bTapReply\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\"\n" +
+	"\x05calls\x18\x02 \x03(\v2\f.hms.v1.CallR\x05calls\x12\x12\n" +
+	"\x04done\x18\x03 \x01(\bR\x04done\"\x1b\n" +
+	"\tTapCancel\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xaa\x01\n" +
+	"\x05Stats\x12\x1b\n" +
+	"\twindow_ms\x18\x01 \x01(\x03R\bwindowMs\x12'\n" +
+	"\x05edges\x18\x02 \x03(\v2\x11.hms.v1.EdgeStatsR\x05edges\x121\n" +
+	"\bcircuits\x18\x03 \x03(\v2\x15.hms.v1.CircuitStatusR\bcircuits\x12(\n" +
+	"\x05certs\x18\x04 \x03(\v2\x12.hms.v1.CertStatusR\x05certs\"\x90\x01\n" +
+	"\tEdgeStats\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12 \n" +
+	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x1a\n" +
+	"\brequests\x18\x03 \x01(\x04R\brequests\x12\x16\n" +
+	"\x06errors\x18\x04 \x01(\x04R\x06errors\x12\x15\n" +
+	"\x06p99_ms\x18\x05 \x01(\x01R\x05p99Ms\"G\n" +
+	"\rCircuitStatus\x12 \n" +
+	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\"I\n" +
+	"\n" +
+	"CertStatus\x12\x1a\n" +
+	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x1f\n" +
+	"\vexpiry_unix\x18\x02 \x01(\x03R\n" +
+	"expiryUnix\";\n" +
 	"\fApplyRequest\x12+\n" +
 	"\bservices\x18\x01 \x03(\v2\x0f.hms.v1.ServiceR\bservices\"\x8e\x01\n" +
 	"\vApplyResult\x12)\n" +
@@ -2584,11 +3603,13 @@ const file_hms_proto_rawDesc = "" +
 	"\x12AddExternalRequest\x123\n" +
 	"\bexternal\x18\x01 \x01(\v2\x17.hms.v1.ExternalServiceR\bexternal\"J\n" +
 	"\x13AddExternalResponse\x123\n" +
-	"\bexternal\x18\x01 \x01(\v2\x17.hms.v1.ExternalServiceR\bexternal\"\xa5\x01\n" +
+	"\bexternal\x18\x01 \x01(\v2\x17.hms.v1.ExternalServiceR\bexternal\"\xf2\x01\n" +
 	"\fAgentMessage\x12%\n" +
 	"\x05hello\x18\x01 \x01(\v2\r.hms.v1.HelloH\x00R\x05hello\x124\n" +
 	"\binstance\x18\x02 \x01(\v2\x16.hms.v1.InstanceUpdateH\x00R\binstance\x121\n" +
-	"\theartbeat\x18\x03 \x01(\v2\x11.hms.v1.HeartbeatH\x00R\theartbeatB\x05\n" +
+	"\theartbeat\x18\x03 \x01(\v2\x11.hms.v1.HeartbeatH\x00R\theartbeat\x12$\n" +
+	"\x03tap\x18\x04 \x01(\v2\x10.hms.v1.TapReplyH\x00R\x03tap\x12%\n" +
+	"\x05stats\x18\x05 \x01(\v2\r.hms.v1.StatsH\x00R\x05statsB\x05\n" +
 	"\x03msg\"\x82\x01\n" +
 	"\x05Hello\x12 \n" +
 	"\x04node\x18\x01 \x01(\v2\f.hms.v1.NodeR\x04node\x12'\n" +
@@ -2597,10 +3618,13 @@ const file_hms_proto_rawDesc = "" +
 	"\x0eInstanceUpdate\x12,\n" +
 	"\binstance\x18\x01 \x01(\v2\x10.hms.v1.InstanceR\binstance\x12\x18\n" +
 	"\aremoved\x18\x02 \x01(\bR\aremoved\"\v\n" +
-	"\tHeartbeat\"n\n" +
+	"\tHeartbeat\"\xca\x01\n" +
 	"\x0eControlMessage\x12.\n" +
 	"\bsnapshot\x18\x01 \x01(\v2\x10.hms.v1.SnapshotH\x00R\bsnapshot\x12%\n" +
-	"\x05delta\x18\x02 \x01(\v2\r.hms.v1.DeltaH\x00R\x05deltaB\x05\n" +
+	"\x05delta\x18\x02 \x01(\v2\r.hms.v1.DeltaH\x00R\x05delta\x12&\n" +
+	"\x03tap\x18\x03 \x01(\v2\x12.hms.v1.TapRequestH\x00R\x03tap\x122\n" +
+	"\n" +
+	"tap_cancel\x18\x04 \x01(\v2\x11.hms.v1.TapCancelH\x00R\ttapCancelB\x05\n" +
 	"\x03msg\"\x89\x03\n" +
 	"\bSnapshot\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12+\n" +
@@ -2658,12 +3682,17 @@ const file_hms_proto_rawDesc = "" +
 	"\tchain_pem\x18\x01 \x01(\fR\bchainPem\"'\n" +
 	"\x11RevokeNodeRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"\x14\n" +
-	"\x12RevokeNodeResponse2\xf4\x01\n" +
+	"\x12RevokeNodeResponse2\xe2\x03\n" +
 	"\bRegistry\x124\n" +
 	"\x05Apply\x12\x14.hms.v1.ApplyRequest\x1a\x15.hms.v1.ApplyResponse\x127\n" +
 	"\x06Delete\x12\x15.hms.v1.DeleteRequest\x1a\x16.hms.v1.DeleteResponse\x121\n" +
 	"\x04List\x12\x13.hms.v1.ListRequest\x1a\x14.hms.v1.ListResponse\x12F\n" +
-	"\vAddExternal\x12\x1a.hms.v1.AddExternalRequest\x1a\x1b.hms.v1.AddExternalResponse2E\n" +
+	"\vAddExternal\x12\x1a.hms.v1.AddExternalRequest\x1a\x1b.hms.v1.AddExternalResponse\x12=\n" +
+	"\bSetLimit\x12\x17.hms.v1.SetLimitRequest\x1a\x18.hms.v1.SetLimitResponse\x12C\n" +
+	"\n" +
+	"ClearLimit\x12\x19.hms.v1.ClearLimitRequest\x1a\x1a.hms.v1.ClearLimitResponse\x12=\n" +
+	"\bSetRoute\x12\x17.hms.v1.SetRouteRequest\x1a\x18.hms.v1.SetRouteResponse\x12)\n" +
+	"\x03Tap\x12\x12.hms.v1.TapRequest\x1a\f.hms.v1.Call0\x012E\n" +
 	"\x06Agents\x12;\n" +
 	"\aConnect\x12\x14.hms.v1.AgentMessage\x1a\x16.hms.v1.ControlMessage(\x010\x012\xda\x02\n" +
 	"\bIdentity\x12F\n" +
@@ -2686,7 +3715,7 @@ func file_hms_proto_rawDescGZIP() []byte {
 	return file_hms_proto_rawDescData
 }
 
-var file_hms_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_hms_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_hms_proto_goTypes = []any{
 	(*Service)(nil),               // 0: hms.v1.Service
 	(*HealthCheck)(nil),           // 1: hms.v1.HealthCheck
@@ -2699,34 +3728,48 @@ var file_hms_proto_goTypes = []any{
 	(*ExternalService)(nil),       // 8: hms.v1.ExternalService
 	(*Route)(nil),                 // 9: hms.v1.Route
 	(*RateLimit)(nil),             // 10: hms.v1.RateLimit
-	(*ApplyRequest)(nil),          // 11: hms.v1.ApplyRequest
-	(*ApplyResult)(nil),           // 12: hms.v1.ApplyResult
-	(*ApplyResponse)(nil),         // 13: hms.v1.ApplyResponse
-	(*DeleteRequest)(nil),         // 14: hms.v1.DeleteRequest
-	(*DeleteResponse)(nil),        // 15: hms.v1.DeleteResponse
-	(*ListRequest)(nil),           // 16: hms.v1.ListRequest
-	(*ListResponse)(nil),          // 17: hms.v1.ListResponse
-	(*AddExternalRequest)(nil),    // 18: hms.v1.AddExternalRequest
-	(*AddExternalResponse)(nil),   // 19: hms.v1.AddExternalResponse
-	(*AgentMessage)(nil),          // 20: hms.v1.AgentMessage
-	(*Hello)(nil),                 // 21: hms.v1.Hello
-	(*InstanceUpdate)(nil),        // 22: hms.v1.InstanceUpdate
-	(*Heartbeat)(nil),             // 23: hms.v1.Heartbeat
-	(*ControlMessage)(nil),        // 24: hms.v1.ControlMessage
-	(*Snapshot)(nil),              // 25: hms.v1.Snapshot
-	(*Delta)(nil),                 // 26: hms.v1.Delta
-	(*Change)(nil),                // 27: hms.v1.Change
-	(*Revocation)(nil),            // 28: hms.v1.Revocation
-	(*CreateTokenRequest)(nil),    // 29: hms.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),   // 30: hms.v1.CreateTokenResponse
-	(*JoinRequest)(nil),           // 31: hms.v1.JoinRequest
-	(*JoinResponse)(nil),          // 32: hms.v1.JoinResponse
-	(*RenewNodeRequest)(nil),      // 33: hms.v1.RenewNodeRequest
-	(*RenewNodeResponse)(nil),     // 34: hms.v1.RenewNodeResponse
-	(*IssueWorkloadRequest)(nil),  // 35: hms.v1.IssueWorkloadRequest
-	(*IssueWorkloadResponse)(nil), // 36: hms.v1.IssueWorkloadResponse
-	(*RevokeNodeRequest)(nil),     // 37: hms.v1.RevokeNodeRequest
-	(*RevokeNodeResponse)(nil),    // 38: hms.v1.RevokeNodeResponse
+	(*SetLimitRequest)(nil),       // 11: hms.v1.SetLimitRequest
+	(*SetLimitResponse)(nil),      // 12: hms.v1.SetLimitResponse
+	(*ClearLimitRequest)(nil),     // 13: hms.v1.ClearLimitRequest
+	(*ClearLimitResponse)(nil),    // 14: hms.v1.ClearLimitResponse
+	(*SetRouteRequest)(nil),       // 15: hms.v1.SetRouteRequest
+	(*SetRouteResponse)(nil),      // 16: hms.v1.SetRouteResponse
+	(*Call)(nil),                  // 17: hms.v1.Call
+	(*TapRequest)(nil),            // 18: hms.v1.TapRequest
+	(*TapReply)(nil),              // 19: hms.v1.TapReply
+	(*TapCancel)(nil),             // 20: hms.v1.TapCancel
+	(*Stats)(nil),                 // 21: hms.v1.Stats
+	(*EdgeStats)(nil),             // 22: hms.v1.EdgeStats
+	(*CircuitStatus)(nil),         // 23: hms.v1.CircuitStatus
+	(*CertStatus)(nil),            // 24: hms.v1.CertStatus
+	(*ApplyRequest)(nil),          // 25: hms.v1.ApplyRequest
+	(*ApplyResult)(nil),           // 26: hms.v1.ApplyResult
+	(*ApplyResponse)(nil),         // 27: hms.v1.ApplyResponse
+	(*DeleteRequest)(nil),         // 28: hms.v1.DeleteRequest
+	(*DeleteResponse)(nil),        // 29: hms.v1.DeleteResponse
+	(*ListRequest)(nil),           // 30: hms.v1.ListRequest
+	(*ListResponse)(nil),          // 31: hms.v1.ListResponse
+	(*AddExternalRequest)(nil),    // 32: hms.v1.AddExternalRequest
+	(*AddExternalResponse)(nil),   // 33: hms.v1.AddExternalResponse
+	(*AgentMessage)(nil),          // 34: hms.v1.AgentMessage
+	(*Hello)(nil),                 // 35: hms.v1.Hello
+	(*InstanceUpdate)(nil),        // 36: hms.v1.InstanceUpdate
+	(*Heartbeat)(nil),             // 37: hms.v1.Heartbeat
+	(*ControlMessage)(nil),        // 38: hms.v1.ControlMessage
+	(*Snapshot)(nil),              // 39: hms.v1.Snapshot
+	(*Delta)(nil),                 // 40: hms.v1.Delta
+	(*Change)(nil),                // 41: hms.v1.Change
+	(*Revocation)(nil),            // 42: hms.v1.Revocation
+	(*CreateTokenRequest)(nil),    // 43: hms.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),   // 44: hms.v1.CreateTokenResponse
+	(*JoinRequest)(nil),           // 45: hms.v1.JoinRequest
+	(*JoinResponse)(nil),          // 46: hms.v1.JoinResponse
+	(*RenewNodeRequest)(nil),      // 47: hms.v1.RenewNodeRequest
+	(*RenewNodeResponse)(nil),     // 48: hms.v1.RenewNodeResponse
+	(*IssueWorkloadRequest)(nil),  // 49: hms.v1.IssueWorkloadRequest
+	(*IssueWorkloadResponse)(nil), // 50: hms.v1.IssueWorkloadResponse
+	(*RevokeNodeRequest)(nil),     // 51: hms.v1.RevokeNodeRequest
+	(*RevokeNodeResponse)(nil),    // 52: hms.v1.RevokeNodeResponse
 }
 var file_hms_proto_depIdxs = []int32{
 	1,  // 0: hms.v1.Service.health:type_name -> hms.v1.HealthCheck
@@ -2734,63 +3777,83 @@ var file_hms_proto_depIdxs = []int32{
 	5,  // 2: hms.v1.Service.placement:type_name -> hms.v1.Placement
 	3,  // 3: hms.v1.MeshPolicy.circuit_breaker:type_name -> hms.v1.CircuitBreaker
 	4,  // 4: hms.v1.MeshPolicy.routes:type_name -> hms.v1.RouteRule
-	0,  // 5: hms.v1.ApplyRequest.services:type_name -> hms.v1.Service
-	0,  // 6: hms.v1.ApplyResult.service:type_name -> hms.v1.Service
-	12, // 7: hms.v1.ApplyResponse.results:type_name -> hms.v1.ApplyResult
-	0,  // 8: hms.v1.ListResponse.services:type_name -> hms.v1.Service
-	6,  // 9: hms.v1.ListResponse.instances:type_name -> hms.v1.Instance
-	8,  // 10: hms.v1.ListResponse.externals:type_name -> hms.v1.ExternalService
-	7,  // 11: hms.v1.ListResponse.nodes:type_name -> hms.v1.Node
-	8,  // 12: hms.v1.AddExternalRequest.external:type_name -> hms.v1.ExternalService
-	8,  // 13: hms.v1.AddExternalResponse.external:type_name -> hms.v1.ExternalService
-	21, // 14: hms.v1.AgentMessage.hello:type_name -> hms.v1.Hello
-	22, // 15: hms.v1.AgentMessage.instance:type_name -> hms.v1.InstanceUpdate
-	23, // 16: hms.v1.AgentMessage.heartbeat:type_name -> hms.v1.Heartbeat
-	7,  // 17: hms.v1.Hello.node:type_name -> hms.v1.Node
-	6,  // 18: hms.v1.Hello.instances:type_name -> hms.v1.Instance
-	6,  // 19: hms.v1.InstanceUpdate.instance:type_name -> hms.v1.Instance
-	25, // 20: hms.v1.ControlMessage.snapshot:type_name -> hms.v1.Snapshot
-	26, // 21: hms.v1.ControlMessage.delta:type_name -> hms.v1.Delta
-	0,  // 22: hms.v1.Snapshot.services:type_name -> hms.v1.Service
-	6,  // 23: hms.v1.Snapshot.instances:type_name -> hms.v1.Instance
-	8,  // 24: hms.v1.Snapshot.externals:type_name -> hms.v1.ExternalService
-	9,  // 25: hms.v1.Snapshot.routes:type_name -> hms.v1.Route
-	10, // 26: hms.v1.Snapshot.limits:type_name -> hms.v1.RateLimit
-	28, // 27: hms.v1.Snapshot.revocations:type_name -> hms.v1.Revocation
-	7,  // 28: hms.v1.Snapshot.nodes:type_name -> hms.v1.Node
-	27, // 29: hms.v1.Delta.changes:type_name -> hms.v1.Change
-	0,  // 30: hms.v1.Change.service:type_name -> hms.v1.Service
-	6,  // 31: hms.v1.Change.instance:type_name -> hms.v1.Instance
-	8,  // 32: hms.v1.Change.external:type_name -> hms.v1.ExternalService
-	9,  // 33: hms.v1.Change.route:type_name -> hms.v1.Route
-	10, // 34: hms.v1.Change.limit:type_name -> hms.v1.RateLimit
-	7,  // 35: hms.v1.Change.node:type_name -> hms.v1.Node
-	28, // 36: hms.v1.Change.revocation:type_name -> hms.v1.Revocation
-	11, // 37: hms.v1.Registry.Apply:input_type -> hms.v1.ApplyRequest
-	14, // 38: hms.v1.Registry.Delete:input_type -> hms.v1.DeleteRequest
-	16, // 39: hms.v1.Registry.List:input_type -> hms.v1.ListRequest
-	18, // 40: hms.v1.Registry.AddExternal:input_type -> hms.v1.AddExternalRequest
-	20, // 41: hms.v1.Agents.Connect:input_type -> hms.v1.AgentMessage
-	29, // 42: hms.v1.Identity.CreateToken:input_type -> hms.v1.CreateTokenRequest
-	31, // 43: hms.v1.Identity.Join:input_type -> hms.v1.JoinRequest
-	33, // 44: hms.v1.Identity.RenewNode:input_type -> hms.v1.RenewNodeRequest
-	35, // 45: hms.v1.Identity.IssueWorkload:input_type -> hms.v1.IssueWorkloadRequest
-	37, // 46: hms.v1.Identity.RevokeNode:input_type -> hms.v1.RevokeNodeRequest
-	13, // 47: hms.v1.Registry.Apply:output_type -> hms.v1.ApplyResponse
-	15, // 48: hms.v1.Registry.Delete:output_type -> hms.v1.DeleteResponse
-	17, // 49: hms.v1.Registry.List:output_type -> hms.v1.ListResponse
-	19, // 50: hms.v1.Registry.AddExternal:output_type -> hms.v1.AddExternalResponse
-	24, // 51: hms.v1.Agents.Connect:output_type -> hms.v1.ControlMessage
-	30, // 52: hms.v1.Identity.CreateToken:output_type -> hms.v1.CreateTokenResponse
-	32, // 53: hms.v1.Identity.Join:output_type -> hms.v1.JoinResponse
-	34, // 54: hms.v1.Identity.RenewNode:output_type -> hms.v1.RenewNodeResponse
-	36, // 55: hms.v1.Identity.IssueWorkload:output_type -> hms.v1.IssueWorkloadResponse
-	38, // 56: hms.v1.Identity.RevokeNode:output_type -> hms.v1.RevokeNodeResponse
-	47, // [47:57] is the sub-list for method output_type
-	37, // [37:47] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	10, // 5: hms.v1.SetLimitRequest.limit:type_name -> hms.v1.RateLimit
+	10, // 6: hms.v1.SetLimitResponse.limit:type_name -> hms.v1.RateLimit
+	9,  // 7: hms.v1.SetRouteRequest.route:type_name -> hms.v1.Route
+	9,  // 8: hms.v1.SetRouteResponse.route:type_name -> hms.v1.Route
+	17, // 9: hms.v1.TapReply.calls:type_name -> hms.v1.Call
+	22, // 10: hms.v1.Stats.edges:type_name -> hms.v1.EdgeStats
+	23, // 11: hms.v1.Stats.circuits:type_name -> hms.v1.CircuitStatus
+	24, // 12: hms.v1.Stats.certs:type_name -> hms.v1.CertStatus
+	0,  // 13: hms.v1.ApplyRequest.services:type_name -> hms.v1.Service
+	0,  // 14: hms.v1.ApplyResult.service:type_name -> hms.v1.Service
+	26, // 15: hms.v1.ApplyResponse.results:type_name -> hms.v1.ApplyResult
+	0,  // 16: hms.v1.ListResponse.services:type_name -> hms.v1.Service
+	6,  // 17: hms.v1.ListResponse.instances:type_name -> hms.v1.Instance
+	8,  // 18: hms.v1.ListResponse.externals:type_name -> hms.v1.ExternalService
+	7,  // 19: hms.v1.ListResponse.nodes:type_name -> hms.v1.Node
+	8,  // 20: hms.v1.AddExternalRequest.external:type_name -> hms.v1.ExternalService
+	8,  // 21: hms.v1.AddExternalResponse.external:type_name -> hms.v1.ExternalService
+	35, // 22: hms.v1.AgentMessage.hello:type_name -> hms.v1.Hello
+	36, // 23: hms.v1.AgentMessage.instance:type_name -> hms.v1.InstanceUpdate
+	37, // 24: hms.v1.AgentMessage.heartbeat:type_name -> hms.v1.Heartbeat
+	19, // 25: hms.v1.AgentMessage.tap:type_name -> hms.v1.TapReply
+	21, // 26: hms.v1.AgentMessage.stats:type_name -> hms.v1.Stats
+	7,  // 27: hms.v1.Hello.node:type_name -> hms.v1.Node
+	6,  // 28: hms.v1.Hello.instances:type_name -> hms.v1.Instance
+	6,  // 29: hms.v1.InstanceUpdate.instance:type_name -> hms.v1.Instance
+	39, // 30: hms.v1.ControlMessage.snapshot:type_name -> hms.v1.Snapshot
+	40, // 31: hms.v1.ControlMessage.delta:type_name -> hms.v1.Delta
+	18, // 32: hms.v1.ControlMessage.tap:type_name -> hms.v1.TapRequest
+	20, // 33: hms.v1.ControlMessage.tap_cancel:type_name -> hms.v1.TapCancel
+	0,  // 34: hms.v1.Snapshot.services:type_name -> hms.v1.Service
+	6,  // 35: hms.v1.Snapshot.instances:type_name -> hms.v1.Instance
+	8,  // 36: hms.v1.Snapshot.externals:type_name -> hms.v1.ExternalService
+	9,  // 37: hms.v1.Snapshot.routes:type_name -> hms.v1.Route
+	10, // 38: hms.v1.Snapshot.limits:type_name -> hms.v1.RateLimit
+	42, // 39: hms.v1.Snapshot.revocations:type_name -> hms.v1.Revocation
+	7,  // 40: hms.v1.Snapshot.nodes:type_name -> hms.v1.Node
+	41, // 41: hms.v1.Delta.changes:type_name -> hms.v1.Change
+	0,  // 42: hms.v1.Change.service:type_name -> hms.v1.Service
+	6,  // 43: hms.v1.Change.instance:type_name -> hms.v1.Instance
+	8,  // 44: hms.v1.Change.external:type_name -> hms.v1.ExternalService
+	9,  // 45: hms.v1.Change.route:type_name -> hms.v1.Route
+	10, // 46: hms.v1.Change.limit:type_name -> hms.v1.RateLimit
+	7,  // 47: hms.v1.Change.node:type_name -> hms.v1.Node
+	42, // 48: hms.v1.Change.revocation:type_name -> hms.v1.Revocation
+	25, // 49: hms.v1.Registry.Apply:input_type -> hms.v1.ApplyRequest
+	28, // 50: hms.v1.Registry.Delete:input_type -> hms.v1.DeleteRequest
+	30, // 51: hms.v1.Registry.List:input_type -> hms.v1.ListRequest
+	32, // 52: hms.v1.Registry.AddExternal:input_type -> hms.v1.AddExternalRequest
+	11, // 53: hms.v1.Registry.SetLimit:input_type -> hms.v1.SetLimitRequest
+	13, // 54: hms.v1.Registry.ClearLimit:input_type -> hms.v1.ClearLimitRequest
+	15, // 55: hms.v1.Registry.SetRoute:input_type -> hms.v1.SetRouteRequest
+	18, // 56: hms.v1.Registry.Tap:input_type -> hms.v1.TapRequest
+	34, // 57: hms.v1.Agents.Connect:input_type -> hms.v1.AgentMessage
+	43, // 58: hms.v1.Identity.CreateToken:input_type -> hms.v1.CreateTokenRequest
+	45, // 59: hms.v1.Identity.Join:input_type -> hms.v1.JoinRequest
+	47, // 60: hms.v1.Identity.RenewNode:input_type -> hms.v1.RenewNodeRequest
+	49, // 61: hms.v1.Identity.IssueWorkload:input_type -> hms.v1.IssueWorkloadRequest
+	51, // 62: hms.v1.Identity.RevokeNode:input_type -> hms.v1.RevokeNodeRequest
+	27, // 63: hms.v1.Registry.Apply:output_type -> hms.v1.ApplyResponse
+	29, // 64: hms.v1.Registry.Delete:output_type -> hms.v1.DeleteResponse
+	31, // 65: hms.v1.Registry.List:output_type -> hms.v1.ListResponse
+	33, // 66: hms.v1.Registry.AddExternal:output_type -> hms.v1.AddExternalResponse
+	12, // 67: hms.v1.Registry.SetLimit:output_type -> hms.v1.SetLimitResponse
+	14, // 68: hms.v1.Registry.ClearLimit:output_type -> hms.v1.ClearLimitResponse
+	16, // 69: hms.v1.Registry.SetRoute:output_type -> hms.v1.SetRouteResponse
+	17, // 70: hms.v1.Registry.Tap:output_type -> hms.v1.Call
+	38, // 71: hms.v1.Agents.Connect:output_type -> hms.v1.ControlMessage
+	44, // 72: hms.v1.Identity.CreateToken:output_type -> hms.v1.CreateTokenResponse
+	46, // 73: hms.v1.Identity.Join:output_type -> hms.v1.JoinResponse
+	48, // 74: hms.v1.Identity.RenewNode:output_type -> hms.v1.RenewNodeResponse
+	50, // 75: hms.v1.Identity.IssueWorkload:output_type -> hms.v1.IssueWorkloadResponse
+	52, // 76: hms.v1.Identity.RevokeNode:output_type -> hms.v1.RevokeNodeResponse
+	63, // [63:77] is the sub-list for method output_type
+	49, // [49:63] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_hms_proto_init() }
@@ -2798,16 +3861,20 @@ func file_hms_proto_init() {
 	if File_hms_proto != nil {
 		return
 	}
-	file_hms_proto_msgTypes[20].OneofWrappers = []any{
+	file_hms_proto_msgTypes[34].OneofWrappers = []any{
 		(*AgentMessage_Hello)(nil),
 		(*AgentMessage_Instance)(nil),
 		(*AgentMessage_Heartbeat)(nil),
+		(*AgentMessage_Tap)(nil),
+		(*AgentMessage_Stats)(nil),
 	}
-	file_hms_proto_msgTypes[24].OneofWrappers = []any{
+	file_hms_proto_msgTypes[38].OneofWrappers = []any{
 		(*ControlMessage_Snapshot)(nil),
 		(*ControlMessage_Delta)(nil),
+		(*ControlMessage_Tap)(nil),
+		(*ControlMessage_TapCancel)(nil),
 	}
-	file_hms_proto_msgTypes[27].OneofWrappers = []any{
+	file_hms_proto_msgTypes[41].OneofWrappers = []any{
 		(*Change_Service)(nil),
 		(*Change_Instance)(nil),
 		(*Change_External)(nil),
@@ -2822,7 +3889,7 @@ func file_hms_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hms_proto_rawDesc), len(file_hms_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   39,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -26,6 +26,10 @@ const (
 	Registry_Delete_FullMethodName      = "/hms.v1.Registry/Delete"
 	Registry_List_FullMethodName        = "/hms.v1.Registry/List"
 	Registry_AddExternal_FullMethodName = "/hms.v1.Registry/AddExternal"
+	Registry_SetLimit_FullMethodName    = "/hms.v1.Registry/SetLimit"
+	Registry_ClearLimit_FullMethodName  = "/hms.v1.Registry/ClearLimit"
+	Registry_SetRoute_FullMethodName    = "/hms.v1.Registry/SetRoute"
+	Registry_Tap_FullMethodName         = "/hms.v1.Registry/Tap"
 )
 
 // RegistryClient is the client API for Registry service.
@@ -37,6 +41,15 @@ type RegistryClient interface {
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
 	List(ctx context.Context, in *ListRequest, opts ...grpc.CallOption) (*ListResponse, error)
 	AddExternal(ctx context.Context, in *AddExternalRequest, opts ...grpc.CallOption) (*AddExternalResponse, error)
+	// SetLimit / ClearLimit store or remove a service's rate limit; SetRoute
+	// stores a per-path override of timeout and retries.
+	SetLimit(ctx context.Context, in *SetLimitRequest, opts ...grpc.CallOption) (*SetLimitResponse, error)
+	ClearLimit(ctx context.Context, in *ClearLimitRequest, opts ...grpc.CallOption) (*ClearLimitResponse, error)
+	SetRoute(ctx context.Context, in *SetRouteRequest, opts ...grpc.CallOption) (*SetRouteResponse, error)
+	// Tap gathers the recent calls of a service from every connected agent
+	// (last N, oldest first), then, with follow, streams new ones until the
+	// caller cancels.
+	Tap(ctx context.Context, in *TapRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Call], error)
 }
 
 type registryClient struct {
@@ -87,6 +100,55 @@ func (c *registryClient) AddExternal(ctx context.Context, in *AddExternalRequest
 	return out, nil
 }
 
+func (c *registryClient) SetLimit(ctx context.Context, in *SetLimitRequest, opts ...grpc.CallOption) (*SetLimitResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetLimitResponse)
+	err := c.cc.Invoke(ctx, Registry_SetLimit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryClient) ClearLimit(ctx context.Context, in *ClearLimitRequest, opts ...grpc.CallOption) (*ClearLimitResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ClearLimitResponse)
+	err := c.cc.Invoke(ctx, Registry_ClearLimit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryClient) SetRoute(ctx context.Context, in *SetRouteRequest, opts ...grpc.CallOption) (*SetRouteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetRouteResponse)
+	err := c.cc.Invoke(ctx, Registry_SetRoute_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryClient) Tap(ctx context.Context, in *TapRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Call], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Registry_ServiceDesc.Streams[0], Registry_Tap_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[TapRequest, Call]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Registry_TapClient = grpc.ServerStreamingClient[Call]
+
 // RegistryServer is the server API for Registry service.
 // All implementations must embed UnimplementedRegistryServer
 // for forward compatibility.
@@ -96,6 +158,15 @@ type RegistryServer interface {
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
 	List(context.Context, *ListRequest) (*ListResponse, error)
 	AddExternal(context.Context, *AddExternalRequest) (*AddExternalResponse, error)
+	// SetLimit / ClearLimit store or remove a service's rate limit; SetRoute
+	// stores a per-path override of timeout and retries.
+	SetLimit(context.Context, *SetLimitRequest) (*SetLimitResponse, error)
+	ClearLimit(context.Context, *ClearLimitRequest) (*ClearLimitResponse, error)
+	SetRoute(context.Context, *SetRouteRequest) (*SetRouteResponse, error)
+	// Tap gathers the recent calls of a service from every connected agent
+	// (last N, oldest first), then, with follow, streams new ones until the
+	// caller cancels.
+	Tap(*TapRequest, grpc.ServerStreamingServer[Call]) error
 	mustEmbedUnimplementedRegistryServer()
 }
 
@@ -117,6 +188,18 @@ func (UnimplementedRegistryServer) List(context.Context, *ListRequest) (*ListRes
 }
 func (UnimplementedRegistryServer) AddExternal(context.Context, *AddExternalRequest) (*AddExternalResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method AddExternal not implemented")
+}
+func (UnimplementedRegistryServer) SetLimit(context.Context, *SetLimitRequest) (*SetLimitResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetLimit not implemented")
+}
+func (UnimplementedRegistryServer) ClearLimit(context.Context, *ClearLimitRequest) (*ClearLimitResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ClearLimit not implemented")
+}
+func (UnimplementedRegistryServer) SetRoute(context.Context, *SetRouteRequest) (*SetRouteResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetRoute not implemented")
+}
+func (UnimplementedRegistryServer) Tap(*TapRequest, grpc.ServerStreamingServer[Call]) error {
+	return status.Errorf(codes.Unimplemented, "method Tap not implemented")
 }
 func (UnimplementedRegistryServer) mustEmbedUnimplementedRegistryServer() {}
 func (UnimplementedRegistryServer) testEmbeddedByValue()                  {}
@@ -211,6 +294,71 @@ func _Registry_AddExternal_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Registry_SetLimit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetLimitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServer).SetLimit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Registry_SetLimit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServer).SetLimit(ctx, req.(*SetLimitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Registry_ClearLimit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ClearLimitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServer).ClearLimit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Registry_ClearLimit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServer).ClearLimit(ctx, req.(*ClearLimitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Registry_SetRoute_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetRouteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServer).SetRoute(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Registry_SetRoute_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServer).SetRoute(ctx, req.(*SetRouteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Registry_Tap_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(TapRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(RegistryServer).Tap(m, &grpc.GenericServerStream[TapRequest, Call]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Registry_TapServer = grpc.ServerStreamingServer[Call]
+
 // Registry_ServiceDesc is the grpc.ServiceDesc for Registry service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -234,8 +382,26 @@ var Registry_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "AddExternal",
 			Handler:    _Registry_AddExternal_Handler,
 		},
+		{
+			MethodName: "SetLimit",
+			Handler:    _Registry_SetLimit_Handler,
+		},
+		{
+			MethodName: "ClearLimit",
+			Handler:    _Registry_ClearLimit_Handler,
+		},
+		{
+			MethodName: "SetRoute",
+			Handler:    _Registry_SetRoute_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Tap",
+			Handler:       _Registry_Tap_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "hms.proto",
 }
 
