@@ -2672,6 +2672,7 @@ type Delta struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Revision      int64                  `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
 	Changes       []*Change              `protobuf:"bytes,2,rep,name=changes,proto3" json:"changes,omitempty"`
+	SentUnixNano  int64                  `protobuf:"varint,3,opt,name=sent_unix_nano,json=sentUnixNano,proto3" json:"sent_unix_nano,omitempty"` // when the control plane sent it (propagation lag)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2718,6 +2719,13 @@ func (x *Delta) GetChanges() []*Change {
 		return x.Changes
 	}
 	return nil
+}
+
+func (x *Delta) GetSentUnixNano() int64 {
+	if x != nil {
+		return x.SentUnixNano
+	}
+	return 0
 }
 
 type Change struct {
@@ -3635,10 +3643,11 @@ const file_hms_proto_rawDesc = "" +
 	"\x06limits\x18\x06 \x03(\v2\x11.hms.v1.RateLimitR\x06limits\x12!\n" +
 	"\fheartbeat_ms\x18\a \x01(\x03R\vheartbeatMs\x124\n" +
 	"\vrevocations\x18\b \x03(\v2\x12.hms.v1.RevocationR\vrevocations\x12\"\n" +
-	"\x05nodes\x18\t \x03(\v2\f.hms.v1.NodeR\x05nodes\"M\n" +
+	"\x05nodes\x18\t \x03(\v2\f.hms.v1.NodeR\x05nodes\"s\n" +
 	"\x05Delta\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12(\n" +
-	"\achanges\x18\x02 \x03(\v2\x0e.hms.v1.ChangeR\achanges\"\xfe\x02\n" +
+	"\achanges\x18\x02 \x03(\v2\x0e.hms.v1.ChangeR\achanges\x12$\n" +
+	"\x0esent_unix_nano\x18\x03 \x01(\x03R\fsentUnixNano\"\xfe\x02\n" +
 	"\x06Change\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
 	"\adeleted\x18\x02 \x01(\bR\adeleted\x12+\n" +
