@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hms-node/hms-node/pkg/agent"
+	"github.com/hms-node/hms-node/pkg/agent/kube"
 	"github.com/hms-node/hms-node/pkg/datapath"
 )
 
@@ -21,6 +22,9 @@ func agentCmd() *cobra.Command {
 		dpc     datapath.Config
 		accel   bool
 		cleanup bool
+		useKube bool
+		kubecfg string
+		linger  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -39,7 +43,13 @@ func agentCmd() *cobra.Command {
 			if cfg.Node == "" {
 				cfg.Node, _ = os.Hostname()
 			}
+			var err error
 			cfg.Log, cfg.Version = log, version
+			if useKube || kubecfg != "" {
+				if cfg.Kube, err = kube.NewClient(kubecfg); err != nil {
+					return err
+				}
+			}
 			dpc.VIPRange = cfg.VIPRange
 			dp, err := datapath.Open(dpc)
 			if err != nil {
@@ -52,7 +62,14 @@ func agentCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
-			return a.Run(ctx)
+			if err := a.Run(ctx); err != nil || ctx.Err() != nil || !linger {
+				return err
+			}
+			// Handed over: exiting now would make the kubelet restart us,
+			// and the restarted agent would take the node back.
+			log.Info("handed over; idle until stopped")
+			<-ctx.Done()
+			return nil
 		},
 	}
 	f := cmd.Flags()
@@ -71,6 +88,10 @@ func agentCmd() *cobra.Command {
 	f.StringSliceVar(&cfg.DNSUpstreams, "dns-upstream", nil, "resolvers for names outside the mesh, ip:port (default: the node's resolv.conf)")
 	f.DurationVar(&cfg.ProbeInterval, "probe-interval", 0, "health-check interval of services that set none (default 10s)")
 	f.Var(addrValue{&cfg.HostIP}, "host-ip", "address dev-mode workloads are registered at (default 127.0.0.1: this node only)")
+	f.BoolVar(&linger, "linger-after-handover", false, "after handing over to a successor, stay idle until signalled instead of exiting (DaemonSets: no restart)")
+	f.BoolVar(&useKube, "kube", false, "pod and namespace labels decide membership (in-cluster service account; see docs/kubernetes.md)")
+	f.StringVar(&kubecfg, "kubeconfig", "", "kubeconfig for --kube instead of the in-cluster service account")
+	f.StringVar(&cfg.NetnsDir, "netns-dir", "/var/run/netns", "where the runtime keeps pod network namespaces (pods that predate the agent are found there)")
 	f.StringVar(&cfg.ExternalCA, "external-ca", "", "PEM bundle to verify external https services against (default: system roots)")
 	return cmd
 }

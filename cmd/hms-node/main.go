@@ -24,6 +24,8 @@ func main() {
 	}
 	root.AddCommand(agentCmd(), enrollCmd(), unenrollCmd(), statusCmd(), versionCmd(), devCmd(),
 		controlCmd(), applyCmd(), deleteCmd(), listCmd(), addCmd(), tokenCmd(), nodeCmd())
+	root.AddCommand(cniCmd())
+	root.AddCommand(curlCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "hms-node:", err)
 		os.Exit(1)

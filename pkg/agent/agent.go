@@ -14,9 +14,14 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/hms-node/hms-node/pkg/agent/dns"
+	"github.com/hms-node/hms-node/pkg/agent/kube"
+	"github.com/hms-node/hms-node/pkg/agent/l7"
 	"github.com/hms-node/hms-node/pkg/agent/registry"
+	"github.com/hms-node/hms-node/pkg/agent/stats"
+	"github.com/hms-node/hms-node/pkg/agent/tap"
 	"github.com/hms-node/hms-node/pkg/api"
 	"github.com/hms-node/hms-node/pkg/datapath"
 )
@@ -82,6 +87,14 @@ type Config struct {
 	HostIP netip.Addr
 	// Version is reported by status.
 	Version string
+	// Kube, when set, makes pod and namespace labels (hms.dev/mesh,
+	// hms.dev/service) decide which pods of Node are in the mesh, read
+	// through informers restricted to Node; nil: the CNI plugin's
+	// arguments decide (cni_linux.go).
+	Kube kubernetes.Interface
+	// NetnsDir holds the runtime's pod namespaces, searched for pods that
+	// started before the agent; default /var/run/netns.
+	NetnsDir string
 	// Log receives the agent's events; default slog.Default().
 	Log *slog.Logger
 }
@@ -151,8 +164,19 @@ type Agent struct {
 	dns              *dns.Server
 	externalCAs      *x509.CertPool
 
+	tap   *tap.Ring         // recent calls per local workload, for tap and tail
+	stats *stats.Aggregator // calls per edge, sent to the control plane every statsWindow
+	// circuitStatus, when set, reports the circuits for the stats; nil = none.
+	circuitStatus func() []*api.CircuitStatus
+	taps          tapSessions // the tap requests this agent is answering
+
+	membership atomic.Pointer[kube.Reconciler] // set once Run has started it (cni_linux.go)
+
 	vipMu sync.Mutex                // guards vips
 	vips  map[netip.AddrPort]uint32 // what hms_vips holds
+
+	httpOut *l7.Client // the calling side of HTTP services
+	httpIn  *l7.Server // the called side
 }
 
 // New prepares an agent over an opened datapath; it starts nothing.
@@ -166,12 +190,15 @@ func New(cfg Config, dp Datapath) (*Agent, error) {
 		return nil, err
 	}
 	table := registry.NewTable()
-	return &Agent{
+	a := &Agent{
 		cfg: cfg, dp: dp, log: cfg.Log.With("node", cfg.Node), table: table, externalCAs: cas,
 		dns:  &dns.Server{Resolver: table, Upstreams: cfg.DNSUpstreams, Log: cfg.Log},
 		pods: map[string]*pod{}, degraded: map[string]degradedPod{},
 		byAddr: map[netip.AddrPort]*pod{}, handover: make(chan struct{}),
-	}, nil
+		tap: tap.New(tapPerWorkload), stats: stats.New(),
+	}
+	a.initL7()
+	return a, nil
 }
 
 // Run serves until ctx ends or a successor takes over, then stops
@@ -199,6 +226,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		inherited.commit()
 	}
 	if err := a.startRegistry(ctx); err != nil {
+		a.shutdown()
+		return err
+	}
+	if err := a.startCNI(ctx); err != nil {
 		a.shutdown()
 		return err
 	}

@@ -182,6 +182,8 @@ func (a *Agent) handler() http.Handler {
 		}
 		localapi.WriteJSON(w, http.StatusOK, struct{}{})
 	})
+	a.cniRoutes(mux)
+	a.curlRoutes(mux)
 	mux.HandleFunc("GET /v1/lookup", func(w http.ResponseWriter, r *http.Request) {
 		res, err := a.Lookup(r.URL.Query().Get("name"))
 		if err != nil {

@@ -64,30 +64,17 @@ func (a *Agent) startHBONEServer(p *pod) {
 		TLS: cfg,
 		Handle: func(ctx context.Context, r *hbone.Request) (net.Conn, error) {
 			return a.acceptTunnel(ctx, p, r)
+		},
+		Stream: func(ctx context.Context, r *hbone.Request) (func(net.Conn), error) {
+			return a.acceptHTTPTunnel(ctx, p, r)
 		}}
 	go p.hboneSrv.Serve(p.ln[lnHBONE])
 }
 
 func (a *Agent) acceptTunnel(ctx context.Context, p *pod, r *hbone.Request) (net.Conn, error) {
-	caller, err := mtls.PeerID(r.State)
+	caller, dst, err := a.checkTunnel(p, r)
 	if err != nil {
-		return nil, a.deny(p, "", "no identity", err)
-	}
-	// The handshake checked revocation once; a pooled connection carries
-	// tunnels long after, so check the caller's node on every CONNECT.
-	node, err := mtls.NodeOf(r.State.PeerCertificates[0])
-	if err != nil {
-		return nil, a.deny(p, caller.String(), "no node", err)
-	}
-	if a.table.Revoked(node) {
-		return nil, a.deny(p, caller.String(), "revoked", fmt.Errorf("%w %s (certificate %s)", mtls.ErrRevoked, node, caller))
-	}
-	dst, err := netip.ParseAddrPort(r.Authority)
-	if err != nil || dst.Addr().Unmap() != p.spec.IP || !hasPort(p.spec.Ports, dst.Port()) {
-		return nil, a.deny(p, caller.String(), "wrong authority", fmt.Errorf("%q is not a port of this pod", r.Authority))
-	}
-	if err := a.authorize(p.spec, caller); err != nil {
-		return nil, a.deny(p, caller.String(), "policy", err)
+		return nil, err
 	}
 	app, err := p.dialer.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(dst.Port()))))
 	if err != nil {
@@ -100,6 +87,32 @@ func (a *Agent) acceptTunnel(ctx context.Context, p *pod, r *hbone.Request) (net
 	p.active.Add(1)
 	p.track(app, true)
 	return &trackedConn{Conn: app, done: func() { p.track(app, false); p.active.Done(); a.conns.Done() }}, nil
+}
+
+// checkTunnel verifies a CONNECT: the caller's identity and node, the
+// authority (a port of this pod) and the destination's policy.
+func (a *Agent) checkTunnel(p *pod, r *hbone.Request) (mtls.ID, netip.AddrPort, error) {
+	caller, err := mtls.PeerID(r.State)
+	if err != nil {
+		return caller, netip.AddrPort{}, a.deny(p, "", "no identity", err)
+	}
+	// The handshake checked revocation once; a pooled connection carries
+	// tunnels long after, so check the caller's node on every CONNECT.
+	node, err := mtls.NodeOf(r.State.PeerCertificates[0])
+	if err != nil {
+		return caller, netip.AddrPort{}, a.deny(p, caller.String(), "no node", err)
+	}
+	if a.table.Revoked(node) {
+		return caller, netip.AddrPort{}, a.deny(p, caller.String(), "revoked", fmt.Errorf("%w %s (certificate %s)", mtls.ErrRevoked, node, caller))
+	}
+	dst, err := netip.ParseAddrPort(r.Authority)
+	if err != nil || dst.Addr().Unmap() != p.spec.IP || !hasPort(p.spec.Ports, dst.Port()) {
+		return caller, netip.AddrPort{}, a.deny(p, caller.String(), "wrong authority", fmt.Errorf("%q is not a port of this pod", r.Authority))
+	}
+	if err := a.authorize(p.spec, caller); err != nil {
+		return caller, netip.AddrPort{}, a.deny(p, caller.String(), "policy", err)
+	}
+	return caller, dst, nil
 }
 
 // trackedConn runs done once when closed.
@@ -188,6 +201,16 @@ func hasPort(ports []uint16, p uint16) bool {
 // tunnel opens an HBONE tunnel from pod p to a workload of service (ns,
 // svc) at ep, on the node's behalf of the pod's identity.
 func (a *Agent) tunnel(ctx context.Context, p *pod, ns, svc string, ep netip.AddrPort, client netip.AddrPort) (net.Conn, error) {
+	return a.openTunnel(ctx, p, ns, svc, ep, client, "")
+}
+
+// tunnelHTTP opens a tunnel that carries this agent's HTTP requests for
+// pod p, kept alive in the pod's HTTP pool.
+func (a *Agent) tunnelHTTP(ctx context.Context, p *pod, ns, svc string, ep netip.AddrPort) (net.Conn, error) {
+	return a.openTunnel(ctx, p, ns, svc, ep, netip.AddrPortFrom(p.spec.IP, 0), "http")
+}
+
+func (a *Agent) openTunnel(ctx context.Context, p *pod, ns, svc string, ep, client netip.AddrPort, protocol string) (net.Conn, error) {
 	r := p.identity.Load()
 	if r == nil || r.Certificate() == nil {
 		return nil, errors.New("this pod has no workload certificate yet")
@@ -196,6 +219,9 @@ func (a *Agent) tunnel(ctx context.Context, p *pod, ns, svc string, ep netip.Add
 	hdr := http.Header{}
 	hdr.Set("Forwarded", fmt.Sprintf("for=%q", netip.AddrPortFrom(p.spec.IP, client.Port()).String()))
 	hdr.Set("traceparent", newTraceparent())
+	if protocol != "" {
+		hdr.Set(headerProtocol, protocol)
+	}
 	return p.pool.Connect(ctx, k, ep.String(), hdr)
 }
 

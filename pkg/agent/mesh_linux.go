@@ -14,6 +14,7 @@ import (
 
 	"github.com/hms-node/hms-node/pkg/agent/hbone"
 	"github.com/hms-node/hms-node/pkg/agent/l4"
+	"github.com/hms-node/hms-node/pkg/agent/registry"
 	"github.com/hms-node/hms-node/pkg/api"
 )
 
@@ -21,10 +22,8 @@ import (
 // client is reset.
 const dialAttempts = 3
 
-// serveService relays a connection the application made to a service VIP
-// to a healthy endpoint picked per connection: a pod of this node
-// in-process, one on another node over the network (plain TCP for now),
-// trying another endpoint when a connect fails.
+// serveService serves a connection the application made to a service
+// VIP: at L7 for protocol: http, at L4 for tcp, sniffed for auto.
 func (a *Agent) serveService(p *pod, c *net.TCPConn, dst netip.AddrPort) {
 	tgt, ok := a.table.LookupVIP(dst)
 	if !ok {
@@ -36,6 +35,24 @@ func (a *Agent) serveService(p *pod, c *net.TCPConn, dst netip.AddrPort) {
 		a.serveExternal(p, c, tgt.External, dst.Port())
 		return
 	}
+	switch tgt.Service.Protocol {
+	case "http":
+		a.serveHTTP(p, c, tgt)
+	case "tcp":
+		if up := a.dialService(p, c, tgt); up != nil {
+			defer up.Close()
+			l4.Pipe(c, up)
+		}
+	default:
+		a.serveAuto(p, c, tgt)
+	}
+}
+
+// dialService connects to a healthy endpoint picked per connection: a
+// pod of this node in-process, one on another node over the network,
+// trying another endpoint when a connect fails. With none reachable it
+// resets c and returns nil.
+func (a *Agent) dialService(p *pod, c *net.TCPConn, tgt registry.Target) net.Conn {
 	var tried []netip.AddrPort
 	// Picks skip other nodes' loopback (dev) endpoints without counting
 	// as a dial; Pick ends the loop once every endpoint was tried.
@@ -63,12 +80,11 @@ func (a *Agent) serveService(p *pod, c *net.TCPConn, dst netip.AddrPort) {
 			continue
 		}
 		done(nil, time.Since(start)) // connect latency feeds the balancer, not the connection's lifetime
-		defer up.Close()
-		l4.Pipe(c, up)
-		return
+		return up
 	}
 	a.log.Warn("no healthy endpoint", "service", tgt.Service.Namespace+"/"+tgt.Service.Name, "tried", len(tried))
 	c.SetLinger(0)
+	return nil
 }
 
 // dialEndpoint connects to an endpoint of service ns/svc: in-process when

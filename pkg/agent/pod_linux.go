@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
 	"net/netip"
 	"strconv"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/hms-node/hms-node/pkg/agent/hbone"
 	"github.com/hms-node/hms-node/pkg/agent/health"
 	"github.com/hms-node/hms-node/pkg/agent/l4"
+	"github.com/hms-node/hms-node/pkg/agent/l7"
 	"github.com/hms-node/hms-node/pkg/agent/netns"
 	"github.com/hms-node/hms-node/pkg/datapath"
 	mtls "github.com/hms-node/hms-node/pkg/tls"
@@ -76,9 +78,11 @@ type pod struct {
 	removed atomic.Bool    // unenrolled: report nothing more
 	check   health.Check   // the probes' current check
 
-	mu      sync.Mutex // guards the fields below
-	conns   map[net.Conn]struct{}
-	healthy map[uint16]bool // by declared port
+	mu        sync.Mutex // guards the fields below
+	conns     map[net.Conn]struct{}
+	healthy   map[uint16]bool // by declared port
+	http      *http.Transport // HTTP to other nodes' endpoints, made on first use
+	httpLocal *l7.Local       // the called side's view of this pod, made on first use
 }
 
 // openListeners creates the pod's listeners inside its netns, or adopts
@@ -306,6 +310,7 @@ func (p *pod) stop() {
 // release ends what outlives the listeners: the identity's rotation and
 // the tunnel pool. It runs once the pod's connections are done.
 func (p *pod) release() {
+	p.closeHTTP()
 	if p.stopID != nil {
 		p.stopID()
 	}

@@ -50,6 +50,7 @@ func (a *Agent) connectControl(ctx context.Context) error {
 		Table:     a.table,
 		Instances: a.instances,
 		OnChange:  a.registryChanged,
+		OnControl: a.onControl,
 		Log:       a.log,
 	}
 	go a.renewNodeCert(ctx, id, a.idClient)
@@ -66,6 +67,7 @@ func (a *Agent) startRegistry(ctx context.Context) error {
 		defer a.control.Close()
 		a.client.Run(ctx)
 	}()
+	go a.sendStats(ctx)
 	return nil
 }
 

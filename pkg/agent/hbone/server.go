@@ -37,6 +37,11 @@ type Server struct {
 	// refused connection 503, anything else 502. It runs after the TLS
 	// handshake, once per CONNECT; ctx ends with the stream.
 	Handle func(ctx context.Context, r *Request) (net.Conn, error)
+	// Stream, when set, is asked first and may speak on the tunnel's
+	// stream itself (the destination's HTTP proxy): it returns serve, run
+	// on the stream once the CONNECT is answered, or nil to fall back to
+	// Handle. Its errors answer like Handle's.
+	Stream func(ctx context.Context, r *Request) (serve func(stream net.Conn), err error)
 	// Log receives denials and connection errors; nil discards them.
 	Log *slog.Logger
 
@@ -163,26 +168,25 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req := &Request{Authority: r.Host, Header: r.Header, State: h.state, Local: h.local, Remote: h.remote}
-	app, err := h.s.Handle(r.Context(), req)
-	if err == nil && app == nil {
-		err = errors.New("hbone: Handle returned neither a conn nor an error")
+	var serve func(net.Conn)
+	var err error
+	if h.s.Stream != nil {
+		serve, err = h.s.Stream(r.Context(), req)
+	}
+	var app net.Conn
+	if err == nil && serve == nil {
+		app, err = h.s.Handle(r.Context(), req)
+		if err == nil && app == nil {
+			err = errors.New("hbone: Handle returned neither a conn nor an error")
+		}
 	}
 	if err != nil {
-		code := http.StatusBadGateway
-		switch {
-		case errors.Is(err, ErrDenied):
-			code = http.StatusForbidden
-			h.s.log.Info("hbone denied", "authority", r.Host, "remote", h.remote, "err", err)
-		case errors.Is(err, syscall.ECONNREFUSED):
-			code = http.StatusServiceUnavailable
-		}
-		if code != http.StatusForbidden {
-			h.s.log.Debug("hbone upstream", "authority", r.Host, "code", code, "err", err)
-		}
-		w.WriteHeader(code)
+		h.refuse(w, r, err)
 		return
 	}
-	defer app.Close()
+	if app != nil {
+		defer app.Close()
+	}
 	flusher, ok := w.(interface{ FlushError() error })
 	if !ok {
 		w.WriteHeader(http.StatusInternalServerError)
@@ -193,7 +197,27 @@ func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := &stream{body: r.Body, w: w, flush: flusher.FlushError, local: h.local, remote: h.remote}
+	if serve != nil {
+		serve(st)
+		return
+	}
 	relay(st, app)
+}
+
+// refuse answers a CONNECT that Stream or Handle refused.
+func (h *connHandler) refuse(w http.ResponseWriter, r *http.Request, err error) {
+	code := http.StatusBadGateway
+	switch {
+	case errors.Is(err, ErrDenied):
+		code = http.StatusForbidden
+		h.s.log.Info("hbone denied", "authority", r.Host, "remote", h.remote, "err", err)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		code = http.StatusServiceUnavailable
+	}
+	if code != http.StatusForbidden {
+		h.s.log.Debug("hbone upstream", "authority", r.Host, "code", code, "err", err)
+	}
+	w.WriteHeader(code)
 }
 
 // relay moves bytes between the client stream and the application until

@@ -43,6 +43,12 @@ type Client struct {
 	// (the agent re-syncs its eBPF maps and DNS). It runs on the stream's
 	// receiving goroutine: a slow OnChange delays the next update.
 	OnChange func()
+	// OnControl, if set, receives the control messages the client does not
+	// handle itself (tap requests and cancels). ctx ends with the stream
+	// that carried m, so work started for it ends with it; a reconnect
+	// keeps calling the same hook. It runs on the receiving goroutine and
+	// must not block.
+	OnControl func(ctx context.Context, m *api.ControlMessage)
 	// Log receives connection events. Nil = discard.
 	Log *slog.Logger
 
@@ -53,7 +59,35 @@ type Client struct {
 	mu        sync.Mutex
 	state     ClientState
 	pending   []*api.InstanceUpdate
-	heartbeat time.Duration // as last announced by a snapshot
+	heartbeat time.Duration          // as last announced by a snapshot
+	outbox    chan *api.AgentMessage // Send's queue to the current stream; nil when down
+	outDone   chan struct{}          // closed when that stream ends
+}
+
+// outboxSize bounds the messages Send may queue ahead of the stream.
+const outboxSize = 64
+
+// ErrNotConnected is Send's error while no stream is up.
+var ErrNotConnected = errors.New("not connected to the control plane")
+
+// Send queues m for the current stream and waits until it is queued, ctx
+// ends or the stream ends. Messages are not kept across reconnects: a
+// message for a stream that ended is dropped with an error.
+func (c *Client) Send(ctx context.Context, m *api.AgentMessage) error {
+	c.mu.Lock()
+	out, done := c.outbox, c.outDone
+	c.mu.Unlock()
+	if out == nil {
+		return ErrNotConnected
+	}
+	select {
+	case out <- m:
+		return nil
+	case <-done:
+		return ErrNotConnected
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // ClientState is the stream's state, for `status`.
@@ -63,6 +97,28 @@ type ClientState struct {
 	LastSync  time.Time // when a snapshot or delta was last applied
 	Revision  int64     // the table's revision
 	LastError string    // why the last stream ended
+	Lag       Lag       // propagation lag of the deltas applied
+}
+
+// LagBuckets are the upper bounds, in seconds, of Lag's counts.
+var LagBuckets = [...]float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// Lag counts the deltas applied by their propagation lag: from the control
+// plane sending one (Delta.sent_unix_nano; clocks of both hosts) to its
+// being applied here.
+type Lag struct {
+	Counts [len(LagBuckets) + 1]uint64 // per bucket, not cumulative; the last is > 10 s
+	Sum    time.Duration
+}
+
+func (l *Lag) observe(d time.Duration) {
+	d = max(d, 0) // a control plane's clock ahead of ours
+	i := 0
+	for i < len(LagBuckets) && d.Seconds() > LagBuckets[i] {
+		i++
+	}
+	l.Counts[i]++
+	l.Sum += d
 }
 
 func (c *Client) init() {
@@ -175,6 +231,7 @@ func (c *Client) session(ctx context.Context) (synced bool, err error) {
 	c.mu.Lock()
 	c.pending = nil
 	hb := c.heartbeat
+	out, outDone := make(chan *api.AgentMessage, outboxSize), make(chan struct{})
 	c.mu.Unlock()
 	hello := &api.Hello{Node: c.Node, ResumeRevision: c.Table.Revision()}
 	if c.Instances != nil {
@@ -184,11 +241,20 @@ func (c *Client) session(ctx context.Context) (synced bool, err error) {
 		return false, fmt.Errorf("send hello: %w", err)
 	}
 	c.setConnected(true, "")
+	c.mu.Lock()
+	c.outbox, c.outDone = out, outDone
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.outbox, c.outDone = nil, nil
+		c.mu.Unlock()
+		close(outDone)
+	}()
 
 	var applied atomic.Bool
 	interval := make(chan time.Duration, 1)
 	recvErr := make(chan error, 1)
-	go func() { recvErr <- c.receive(stream, interval, &applied) }()
+	go func() { recvErr <- c.receive(ctx, stream, interval, &applied) }()
 	defer func() {
 		cancel()
 		<-recvErr // join the receiver: cancel ends its Recv
@@ -217,6 +283,10 @@ func (c *Client) session(ctx context.Context) (synced bool, err error) {
 			if err := c.sendPending(stream); err != nil {
 				return applied.Load(), err
 			}
+		case m := <-out:
+			if err := stream.Send(m); err != nil {
+				return applied.Load(), fmt.Errorf("send: %w", err)
+			}
 		}
 	}
 }
@@ -236,7 +306,7 @@ func (c *Client) sendPending(stream api.Agents_ConnectClient) error {
 }
 
 // receive applies what the control plane sends until the stream fails.
-func (c *Client) receive(stream api.Agents_ConnectClient, interval chan time.Duration, applied *atomic.Bool) error {
+func (c *Client) receive(ctx context.Context, stream api.Agents_ConnectClient, interval chan time.Duration, applied *atomic.Bool) error {
 	for {
 		m, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -245,7 +315,7 @@ func (c *Client) receive(stream api.Agents_ConnectClient, interval chan time.Dur
 		if err != nil {
 			return fmt.Errorf("receive: %w", err)
 		}
-		changed := false
+		changed, sent := false, int64(0)
 		switch x := m.Msg.(type) {
 		case *api.ControlMessage_Snapshot:
 			c.Table.ApplySnapshot(x.Snapshot)
@@ -253,9 +323,18 @@ func (c *Client) receive(stream api.Agents_ConnectClient, interval chan time.Dur
 			c.announceHeartbeat(time.Duration(x.Snapshot.GetHeartbeatMs())*time.Millisecond, interval)
 		case *api.ControlMessage_Delta:
 			changed = c.Table.applyDelta(x.Delta)
+			sent = x.Delta.GetSentUnixNano()
+		default:
+			if c.OnControl != nil {
+				c.OnControl(ctx, m)
+			}
+			continue // not a registry sync
 		}
 		c.mu.Lock()
 		c.state.LastSync = time.Now()
+		if sent > 0 {
+			c.state.Lag.observe(c.state.LastSync.Sub(time.Unix(0, sent)))
+		}
 		c.mu.Unlock()
 		applied.Store(true)
 		if changed && c.OnChange != nil {

@@ -27,6 +27,7 @@ type session struct {
 	drop       chan struct{}
 	updates    chan *api.InstanceUpdate
 	heartbeats chan time.Time
+	other      chan *api.AgentMessage // tap replies, stats
 }
 
 func (f *fakeControl) Connect(stream api.Agents_ConnectServer) error {
@@ -38,7 +39,8 @@ func (f *fakeControl) Connect(stream api.Agents_ConnectServer) error {
 		return errors.New("first message is not a hello")
 	}
 	s := &session{hello: m.GetHello(), out: make(chan *api.ControlMessage), drop: make(chan struct{}),
-		updates: make(chan *api.InstanceUpdate, 16), heartbeats: make(chan time.Time, 64)}
+		updates: make(chan *api.InstanceUpdate, 16), heartbeats: make(chan time.Time, 64),
+		other: make(chan *api.AgentMessage, 64)}
 	go func() {
 		for {
 			m, err := stream.Recv()
@@ -51,6 +53,11 @@ func (f *fakeControl) Connect(stream api.Agents_ConnectServer) error {
 			case *api.AgentMessage_Heartbeat:
 				select {
 				case s.heartbeats <- time.Now():
+				default:
+				}
+			default:
+				select {
+				case s.other <- m:
 				default:
 				}
 			}

@@ -211,3 +211,14 @@ func (t *Table) Node(name string) (*api.Node, bool) {
 	n, ok := t.nodes[name]
 	return n, ok
 }
+
+// HealthyCount is how many healthy instances the service ns/svc has
+// mesh-wide (its rate limit is split evenly across them).
+func (t *Table) HealthyCount(ns, svc string) int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if b := t.bucketLocked(ns, svc, false); b != nil {
+		return len(b.healthy)
+	}
+	return 0
+}

@@ -19,7 +19,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: hms-testapp http|https|echo|bulk-server|dns|bulk|rr|peer|loop|dnsq [flags]")
+		fmt.Fprintln(os.Stderr, "usage: hms-testapp http|https|banner|banner-client|upgrade-client|hload|echo|bulk-server|dns|bulk|rr|peer|loop|dnsq [flags]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
@@ -36,6 +36,8 @@ func main() {
 	interval := fs.Duration("interval", 10*time.Millisecond, "loop: pause between connections")
 	duration := fs.Duration("duration", 5*time.Second, "loop: how long to run")
 	pause := fs.Duration("pause", 0, "rr: pause after each round trip")
+	qps := fs.Float64("qps", 0, "hload: requests per second (0 = closed loop)")
+	conc := fs.Int("conc", 4, "hload: connections")
 	cert := fs.String("cert", "", "https: certificate PEM file")
 	key := fs.String("key", "", "https: key PEM file")
 	fs.Parse(os.Args[2:])
@@ -49,6 +51,22 @@ func main() {
 	case "loop":
 		res := testapp.ConnectLoop(*addr, *want, *interval, *duration)
 		json.NewEncoder(os.Stdout).Encode(res)
+		return
+	case "hload":
+		res := testapp.HTTPLoad(*addr, *name, *qps, *conc, *duration)
+		json.NewEncoder(os.Stdout).Encode(res)
+		return
+	case "banner-client":
+		if err := testapp.BannerClient(*addr, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "hms-testapp:", err)
+			os.Exit(1)
+		}
+		return
+	case "upgrade-client":
+		if err := testapp.UpgradeClient(*addr, *name, *body, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "hms-testapp:", err)
+			os.Exit(1)
+		}
 		return
 	case "dnsq":
 		got, err := testapp.QueryUnconnected(*addr, *name)
@@ -68,9 +86,13 @@ func main() {
 func run(mode, addr, body, name, ip string, size, n int, bytes int64, dir string, v6 bool, pause time.Duration) error {
 	switch mode {
 	case "http":
-		return http.ListenAndServe(addr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			fmt.Fprintf(w, "%s path=%s\n", body, r.URL.Path)
-		}))
+		return http.ListenAndServe(addr, &testapp.HTTPApp{Body: body})
+	case "banner":
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		return testapp.ServeBanner(l, body)
 	case "echo", "bulk-server":
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
