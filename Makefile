@@ -12,7 +12,7 @@ export BPF2GO_CC    := clang-19
 export BPF2GO_STRIP := llvm-strip-19
 
 .DEFAULT_GOAL := help
-.PHONY: help deps generate build test test-privileged bench lint demo demo-down clean
+.PHONY: help deps generate build test test-privileged bench lint demo demo-down clean image
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,9 @@ demo: ## Start the one-machine demo (scripts/demo.sh up)
 
 demo-down: ## Remove everything the demo made (scripts/demo.sh down)
 	bash scripts/demo.sh down
+
+image: ## Build the OCI image localhost/hms-node:<version> (and :latest) from scratch with buildah (deploy/image/build.sh)
+	VERSION=$(VERSION) COMMIT=$(COMMIT) GO=$(GO) bash deploy/image/build.sh
 
 clean: ## Remove build outputs
 	rm -rf bin

@@ -37,6 +37,7 @@ declare -A probe=(
 	[podman]=podman                  # the container-image test runs the agent image
 	[buildah]=buildah                # make image: builds the OCI image without a daemon
 	[containernetworking-plugins]=/usr/lib/cni/bridge # the CNI test chains our plugin after bridge + host-local
+	[runc]=runc                      # the image test's OCI runtime: crun refuses hybrid cgroup hosts
 )
 
 present() {
@@ -76,8 +77,10 @@ cd "$repo"
 log "go modules ($(go env GOVERSION))"
 go mod download
 
-# Tools installed with `go install` go here, each pinned to a version, e.g.
-#   go install golang.org/x/tools/cmd/stringer@v0.x.y
-# (none needed yet: bpf2go is a go.mod tool, run with `go tool`).
+# Tools installed with `go install`, each pinned to a version (bpf2go is a
+# go.mod tool, run with `go tool`). cnitool drives CNI plugins by hand
+# (docs/kubernetes.md); the CNI test installs its own copy, same version.
+log "cnitool"
+go install github.com/containernetworking/cni/cnitool@v1.3.0
 
 log "OK"

@@ -31,11 +31,7 @@ var (
 func cnitool(t *testing.T) string {
 	t.Helper()
 	cnitoolOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "hms-cnitool-")
-		if err != nil {
-			cnitoolErr = err
-			return
-		}
+		dir := filepath.Dir(hmsNode) // removed by TestMain
 		cmd := exec.Command("go", "install", "github.com/containernetworking/cni/cnitool@"+cnitoolVersion)
 		cmd.Env = append(os.Environ(), "GOBIN="+dir)
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -128,25 +124,35 @@ func (b *cniBed) pod(name, cniArgs string) *cniPod {
 }
 
 // cni runs cnitool in the node's netns, with /var/lib (CNI's cache) bound
-// to a temp dir in a private mount namespace.
+// to a temp dir in a private mount namespace. It returns stdout and stderr
+// together (plugins log to stderr).
 func (b *cniBed) cni(verb string, p *cniPod) (string, error) {
+	stdout, stderr, err := b.cniOut(verb, p)
+	return stdout + stderr, err
+}
+
+func (b *cniBed) cniOut(verb string, p *cniPod) (string, string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	script := `mount --bind "$1" /var/lib && exec nsenter --net="$2" -- "$3" "$4" hmse2e "$5"`
 	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
 		filepath.Join(b.dir, "varlib"), b.node.Netns, cnitool(b.t), strings.ToLower(verb), p.netns)
 	cmd.Env = append(os.Environ(), "CNI_PATH=/usr/lib/cni:"+b.binDir, "NETCONFPATH="+b.confDir, "CNI_ARGS="+p.cniArgs)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	return stdout.String(), stderr.String(), err
 }
 
+// mustCNI runs a verb that must succeed and returns its stdout (the
+// result, for ADD).
 func (b *cniBed) mustCNI(verb string, p *cniPod) string {
 	b.t.Helper()
-	out, err := b.cni(verb, p)
+	stdout, stderr, err := b.cniOut(verb, p)
 	if err != nil {
-		b.t.Fatalf("cnitool %s %s: %v\n%s", verb, p.name, err, out)
+		b.t.Fatalf("cnitool %s %s: %v\n%s%s", verb, p.name, err, stdout, stderr)
 	}
-	return out
+	return stdout
 }
 
 // run runs a command in the pod: cloned into its cgroup (the datapath's

@@ -116,8 +116,14 @@ func TestPrivilegedMTLSRefusals(t *testing.T) {
 	m.a1.enroll(friend, "client-svc")
 	m.callUntil(t, friend, "http://dst-svc.svc/friend", bodyMark+" path=/friend")
 	before := denied()
-	out, err := m.curlByName(t, intruder, "http://dst-svc.svc/intruder")
-	t.Logf("intruder: err=%v out=%q", err, out)
+	var out string
+	// The intruder's certificate is issued a moment after its enrollment:
+	// call until the destination has refused it at the policy.
+	waitFor(t, 10*time.Second, "the intruder to be refused", func() bool {
+		out, _ = m.curlByName(t, intruder, "http://dst-svc.svc/intruder")
+		return denied() > before || strings.Contains(out, bodyMark)
+	})
+	t.Logf("intruder: out=%q", out)
 	if strings.Contains(out, bodyMark) {
 		t.Errorf("intruder got application content: %q", out)
 	}

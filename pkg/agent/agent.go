@@ -19,6 +19,7 @@ import (
 	"github.com/hms-node/hms-node/pkg/agent/dns"
 	"github.com/hms-node/hms-node/pkg/agent/kube"
 	"github.com/hms-node/hms-node/pkg/agent/l7"
+	"github.com/hms-node/hms-node/pkg/agent/metrics"
 	"github.com/hms-node/hms-node/pkg/agent/registry"
 	"github.com/hms-node/hms-node/pkg/agent/stats"
 	"github.com/hms-node/hms-node/pkg/agent/tap"
@@ -177,6 +178,8 @@ type Agent struct {
 
 	httpOut *l7.Client // the calling side of HTTP services
 	httpIn  *l7.Server // the called side
+
+	metrics *metrics.Metrics // served on MetricsAddr's /metrics
 }
 
 // New prepares an agent over an opened datapath; it starts nothing.
@@ -197,6 +200,7 @@ func New(cfg Config, dp Datapath) (*Agent, error) {
 		byAddr: map[netip.AddrPort]*pod{}, handover: make(chan struct{}),
 		tap: tap.New(tapPerWorkload), stats: stats.New(),
 	}
+	a.metrics = a.newMetrics()
 	a.initL7()
 	return a, nil
 }

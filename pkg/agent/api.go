@@ -2,16 +2,19 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/hms-node/hms-node/pkg/agent/localapi"
+	"github.com/hms-node/hms-node/pkg/agent/metrics"
 	"github.com/hms-node/hms-node/pkg/datapath"
 )
 
@@ -28,6 +31,13 @@ type Status struct {
 	Registry      *RegistryState `json:"registry,omitempty"`
 	Workloads     []Workload     `json:"workloads"`
 	Datapath      DatapathStatus `json:"datapath"`
+	// KernelFeatures are the BPF hooks attached now ("cgroup/connect4", ...).
+	KernelFeatures []string `json:"kernel_features"`
+	// Circuits are the destinations ("ns/svc") whose circuit is not closed.
+	Circuits map[string]string `json:"circuits"`
+	// TopDestinations are the services this node's workloads called most
+	// in the last minute, with their 5xx counts.
+	TopDestinations []metrics.DestinationRate `json:"top_destinations"`
 }
 
 // Workload is one enrolled pod in Status.
@@ -43,6 +53,9 @@ type Workload struct {
 	State      string   `json:"state"` // "serving" or "degraded: <why>"
 	Healthy    []uint16 `json:"healthy_ports,omitempty"`
 	CertSerial string   `json:"cert_serial,omitempty"`
+	// CertHealth is "ok", "expiring" (under a quarter of its life left:
+	// renewals are failing), "expired" or "pending".
+	CertHealth string `json:"cert_health,omitempty"`
 }
 
 // RegistryState is the agent's link to the control plane.
@@ -54,6 +67,9 @@ type RegistryState struct {
 	Revision  int64     `json:"revision"`
 	LastError string    `json:"last_error,omitempty"`
 	Services  int       `json:"services"`
+	// SyncAgeSeconds is how long ago a snapshot or delta was applied; -1
+	// before the first.
+	SyncAgeSeconds float64 `json:"sync_age_seconds"`
 }
 
 // DatapathStatus is the eBPF side of Status.
@@ -77,11 +93,16 @@ func (a *Agent) Status() (Status, error) {
 			Counters: counters, Attachments: a.dp.Attachments()},
 		Workloads: []Workload{},
 		Accepted:  a.accepted.Load(), Denied: a.denied.Load(), PlainRefused: a.plaintextRefused.Load(),
+		Circuits: a.metrics.Circuits(), TopDestinations: a.metrics.TopDestinations(topDestinations),
 	}
+	st.KernelFeatures = kernelFeatures(st.Datapath.Attachments, st.Datapath.Accel)
 	if a.client != nil {
 		cs := a.client.State()
 		st.Registry = &RegistryState{Address: a.cfg.Control, Connected: cs.Connected, Since: cs.Since,
-			LastSync: cs.LastSync, Revision: cs.Revision, LastError: cs.LastError, Services: a.table.Len()}
+			LastSync: cs.LastSync, Revision: cs.Revision, LastError: cs.LastError, Services: a.table.Len(), SyncAgeSeconds: -1}
+		if !cs.LastSync.IsZero() {
+			st.Registry.SyncAgeSeconds = time.Since(cs.LastSync).Seconds()
+		}
 		if cs.Connected {
 			st.Control = fmt.Sprintf("connected to %s, revision %d, last sync %s ago", a.cfg.Control, cs.Revision, time.Since(cs.LastSync).Round(time.Millisecond))
 		} else {
@@ -93,8 +114,9 @@ func (a *Agent) Status() (Status, error) {
 		w := workloadOf(p.spec, "serving")
 		if id, leaf := p.certInfo(); leaf != nil {
 			w.Identity, w.CertExpiry, w.CertSerial = id, leaf.NotAfter.UTC().Format(time.RFC3339), fmt.Sprintf("%x", leaf.SerialNumber)
+			w.CertHealth = certHealth(leaf, time.Now())
 		} else if id != "" {
-			w.Identity, w.CertExpiry = id, "pending"
+			w.Identity, w.CertExpiry, w.CertHealth = id, "pending", "pending"
 		}
 		p.mu.Lock()
 		for _, port := range p.spec.Ports {
@@ -111,6 +133,45 @@ func (a *Agent) Status() (Status, error) {
 	a.mu.Unlock()
 	sort.Slice(st.Workloads, func(i, j int) bool { return st.Workloads[i].Netns < st.Workloads[j].Netns })
 	return st, nil
+}
+
+// topDestinations is how many destinations status lists.
+const topDestinations = 5
+
+// kernelFeatures names the hooks of the attached links, in a fixed order;
+// sk_msg (on the sockhash, not a link) while acceleration is on.
+func kernelFeatures(atts []datapath.Attachment, accel bool) []string {
+	have := map[string]bool{}
+	for _, at := range atts {
+		pin := strings.TrimPrefix(filepath.Base(at.Pin), "link_")
+		pin, _, _ = strings.Cut(pin, "_") // sockops_agent_N, sklookup_<cookie>
+		have[pin] = true
+	}
+	have["skmsg"] = accel
+	var out []string
+	for _, f := range [...]struct{ pin, name string }{
+		{"connect4", "cgroup/connect4"}, {"connect6", "cgroup/connect6"},
+		{"sendmsg4", "cgroup/sendmsg4"}, {"sendmsg6", "cgroup/sendmsg6"},
+		{"recvmsg4", "cgroup/recvmsg4"}, {"recvmsg6", "cgroup/recvmsg6"},
+		{"getpeername4", "cgroup/getpeername4"}, {"getpeername6", "cgroup/getpeername6"},
+		{"sockops", "sockops"}, {"skmsg", "sk_msg+sockhash"}, {"sklookup", "sk_lookup"},
+	} {
+		if have[f.pin] {
+			out = append(out, f.name)
+		}
+	}
+	return out
+}
+
+// certHealth judges a certificate renewed at half-life.
+func certHealth(leaf *x509.Certificate, now time.Time) string {
+	switch left := leaf.NotAfter.Sub(now); {
+	case left <= 0:
+		return "expired"
+	case left < leaf.NotAfter.Sub(leaf.NotBefore)/4:
+		return "expiring"
+	}
+	return "ok"
 }
 
 func workloadOf(s PodSpec, state string) Workload {

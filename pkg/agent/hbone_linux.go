@@ -153,6 +153,7 @@ func (a *Agent) authorizeLocal(src *pod, dst *pod) error {
 // application's connection.
 func (a *Agent) deny(p *pod, caller, reason string, err error) error {
 	a.denied.Add(1)
+	a.metrics.Deny(reason)
 	a.log.Warn("denied", "callee", p.spec.Namespace+"/"+p.spec.Service, "caller", caller, "reason", reason, "error", err)
 	return fmt.Errorf("%w: %v", hbone.ErrDenied, err)
 }

@@ -34,14 +34,19 @@ const (
 const headerProtocol = "X-Hms-Protocol"
 
 func (a *Agent) initL7() {
+	breakers := resilience.NewBreakers(nil)
+	breakers.OnChange(a.metrics.SetCircuit)
 	a.httpOut = &l7.Client{
-		Node:     a.cfg.Node,
-		Breakers: resilience.NewBreakers(nil),
-		Budgets:  resilience.NewBudgets(retryRatio, retryFloorPerSec, retryBudgetTTL),
-		Record:   a.recordCall,
-		Log:      a.log,
+		Node:              a.cfg.Node,
+		Breakers:          breakers,
+		Budgets:           resilience.NewBudgets(retryRatio, retryFloorPerSec, retryBudgetTTL),
+		Record:            a.recordCall,
+		OnRetry:           a.metrics.Retry,
+		OnBudgetExhausted: a.metrics.RetryBudgetExhausted,
+		Log:               a.log,
 	}
-	a.httpIn = &l7.Server{Node: a.cfg.Node, Limits: ratelimit.NewSet(rateLimitWait), Record: a.recordCall}
+	a.httpIn = &l7.Server{Node: a.cfg.Node, Limits: ratelimit.NewSet(rateLimitWait), Record: a.recordCall,
+		OnRateLimited: a.metrics.RateLimited, OnQueued: a.metrics.RateLimitQueued}
 	a.circuitStatus = func() []*api.CircuitStatus {
 		var out []*api.CircuitStatus
 		for dst, state := range a.httpOut.Breakers.States() {
@@ -55,6 +60,7 @@ func (a *Agent) initL7() {
 // ring, the per-edge stats (from the caller's side), and the access log
 // (debug level; `hms-node tail` streams it live).
 func (a *Agent) recordCall(c *api.Call) {
+	a.metrics.ObserveCall(c)
 	a.tap.Add(c)
 	if c.Reporter == "source" {
 		a.stats.Observe(c)
@@ -181,7 +187,7 @@ func (s *httpSender) RoundTrip(req *http.Request, ep netip.AddrPort) (*http.Resp
 			return nil, fmt.Errorf("%w: %v", l7.ErrDenied, err)
 		}
 		src := s.a.sourceOf(s.p)
-		return s.a.httpIn.RoundTrip(req, s.a.localOf(local), l7.Caller(src), ep.Port())
+		return s.a.httpIn.RoundTrip(req, s.a.localOf(local), l7.Caller{Workload: src.Workload, Principal: src.Principal, Security: src.Security}, ep.Port())
 	}
 	resp, err := s.p.httpTransport(s.a).RoundTrip(req)
 	if errors.Is(err, hbone.ErrDenied) {
@@ -259,7 +265,17 @@ func (a *Agent) acceptHTTPTunnel(ctx context.Context, p *pod, r *hbone.Request) 
 		return nil, err
 	}
 	a.accepted.Add(1)
-	c := l7.Caller{Workload: caller.Namespace + "/" + caller.Service, Principal: caller.String(), Security: "mutual_tls"}
+	node, _ := mtls.NodeOf(r.State.PeerCertificates[0]) // checkTunnel made sure there is one
+	c := l7.Caller{Workload: caller.Namespace + "/" + caller.Service, Principal: caller.String(), Security: "mutual_tls",
+		Check: func() error {
+			if a.table.Revoked(node) {
+				return a.deny(p, caller.String(), "revoked", fmt.Errorf("%w %s (certificate %s)", mtls.ErrRevoked, node, caller))
+			}
+			if err := a.authorize(p.spec, caller); err != nil {
+				return a.deny(p, caller.String(), "policy", err)
+			}
+			return nil
+		}}
 	local := a.localOf(p)
 	return func(stream net.Conn) {
 		a.conns.Add(1)

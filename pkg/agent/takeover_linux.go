@@ -213,5 +213,6 @@ func (a *Agent) healthHandler() http.Handler {
 	ok := func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) }
 	mux.HandleFunc("GET /healthz", ok)
 	mux.HandleFunc("GET /readyz", ok)
+	mux.Handle("GET /metrics", a.metrics.Handler())
 	return mux
 }

@@ -28,6 +28,8 @@ type agentsService struct {
 	log       *slog.Logger
 	revoked   *revocations
 	reads     sharedReads // snapshots shared by streams that sync at once
+	taps      *tapRelay   // tap requests out, replies in
+	stats     *meshStats  // the agents' latest Stats
 
 	// stop ends every stream when the replica shuts down; expiries are
 	// the lease-expiry goroutines, joined on shutdown.
@@ -39,7 +41,8 @@ type agentsService struct {
 func (a *agentsService) Connect(stream api.Agents_ConnectServer) error {
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
-	as := &agentStream{svc: a, stream: stream, recv: make(chan *api.AgentMessage, 16), cancel: cancel}
+	as := &agentStream{svc: a, stream: stream, recv: make(chan *api.AgentMessage, 16), cancel: cancel,
+		out: make(chan *api.ControlMessage, agentOutbox)}
 	go as.receive(ctx)
 	err := as.run(ctx)
 	if as.lease != 0 {
@@ -88,6 +91,7 @@ type agentStream struct {
 	recv    chan *api.AgentMessage
 	recvErr error // set before recv is closed
 	cancel  context.CancelCauseFunc
+	out     chan *api.ControlMessage // tap requests and cancels to send (offer)
 
 	node      string
 	lease     clientv3.LeaseID
@@ -153,6 +157,8 @@ func (as *agentStream) run(ctx context.Context) error {
 		return err
 	}
 	defer func() { as.svc.hub.unsubscribe(sub) }()
+	as.svc.taps.attach(as)
+	defer as.svc.taps.detach(as)
 	// Registration and the snapshot may take longer than the deadline on a
 	// loaded store; the agent's silence is measured from now.
 	deadline.Reset(3 * as.svc.heartbeat)
@@ -166,7 +172,11 @@ func (as *agentStream) run(ctx context.Context) error {
 				}
 				continue
 			}
-			if err := as.stream.Send(&api.ControlMessage{Msg: &api.ControlMessage_Delta{Delta: d}}); err != nil {
+			if err := as.stream.Send(&api.ControlMessage{Msg: &api.ControlMessage_Delta{Delta: sentNow(d)}}); err != nil {
+				return err
+			}
+		case m := <-as.out:
+			if err := as.stream.Send(m); err != nil {
 				return err
 			}
 		case m, ok := <-as.recv:

@@ -138,7 +138,7 @@ func (as *agentStream) sync(ctx context.Context, resume int64) (*subscription, e
 
 func (as *agentStream) sendDeltas(sub *subscription, ds []*api.Delta) error {
 	for _, d := range ds {
-		if err := as.stream.Send(&api.ControlMessage{Msg: &api.ControlMessage_Delta{Delta: d}}); err != nil {
+		if err := as.stream.Send(&api.ControlMessage{Msg: &api.ControlMessage_Delta{Delta: sentNow(d)}}); err != nil {
 			as.svc.hub.unsubscribe(sub)
 			return err
 		}
@@ -154,6 +154,10 @@ func (as *agentStream) handle(ctx context.Context, m *api.AgentMessage) error {
 		if err := as.update(ctx, msg.Instance); err != nil {
 			return err
 		}
+	case *api.AgentMessage_Tap:
+		as.svc.taps.deliver(as, msg.Tap)
+	case *api.AgentMessage_Stats:
+		as.svc.stats.put(as.node, msg.Stats)
 	case *api.AgentMessage_Hello:
 		return status.Error(codes.InvalidArgument, "hello may be sent only once per stream")
 	default:

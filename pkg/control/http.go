@@ -23,6 +23,7 @@ func (s *Server) listenHTTP(cli *clientv3.Client) (*http.Server, net.Listener, e
 		return nil, nil, fmt.Errorf("listen for http on %s: %w", s.cfg.HTTPAddr, err)
 	}
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.metrics.handler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

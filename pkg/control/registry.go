@@ -22,6 +22,7 @@ type registryService struct {
 	st          *store
 	trustDomain string
 	certTTL     time.Duration
+	taps        *tapRelay
 }
 
 // Apply creates or updates every service of the request in one etcd

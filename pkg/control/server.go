@@ -22,9 +22,12 @@ import (
 
 // Server is one control-plane replica.
 type Server struct {
-	cfg   Config
-	log   *slog.Logger
-	ready chan struct{}
+	cfg     Config
+	log     *slog.Logger
+	ready   chan struct{}
+	metrics *controlMetrics
+	stats   *meshStats // the agents' latest Stats (MeshStats)
+	taps    *tapRelay  // this replica's agent streams and taps (TapCalls)
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -41,7 +44,8 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("control config: %w", err)
 	}
-	return &Server{cfg: cfg, log: cfg.Log, ready: make(chan struct{})}, nil
+	return &Server{cfg: cfg, log: cfg.Log, ready: make(chan struct{}), metrics: newControlMetrics(),
+		stats: newMeshStats(), taps: newTapRelay(cfg.Log)}, nil
 }
 
 // Addr is the gRPC listen address once serving ("" before).
@@ -101,6 +105,7 @@ func (s *Server) Run(ctx context.Context) error {
 // serve loads the CA, then runs the hub, the gRPC and the HTTP servers on
 // cli until ctx ends.
 func (s *Server) serve(ctx context.Context, cli *clientv3.Client) error {
+	s.metrics.instrument(cli)
 	st := &store{cli: cli, cidr: s.cfg.VIPCIDR, timeout: s.cfg.RequestTimeout, log: s.log}
 	revoked := newRevocations()
 	h := newHub(cli, s.log)
@@ -173,6 +178,7 @@ func (s *Server) serve(ctx context.Context, cli *clientv3.Client) error {
 	case err = <-errc:
 	}
 	close(stop)
+	s.taps.close()
 	shutdownGRPC(gs)
 	if hs != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -223,17 +229,18 @@ func (s *Server) newGRPC(d grpcDeps, stop <-chan struct{}, expiries *sync.WaitGr
 	auth := &authorizer{admin: mtls.WorkloadID(d.ca.TrustDomain, systemNamespace, adminService), revoked: d.revoked}
 	gs := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(serverTLS(d.ca, d.rot.GetCertificate))),
-		grpc.UnaryInterceptor(auth.unary),
-		grpc.StreamInterceptor(auth.stream),
+		grpc.ChainUnaryInterceptor(s.metrics.unary(), auth.unary),
+		grpc.ChainStreamInterceptor(s.metrics.stream(), auth.stream),
 		grpc.MaxRecvMsgSize(etcdMaxRequestBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
-	api.RegisterRegistryServer(gs, &registryService{st: d.st, trustDomain: d.ca.TrustDomain, certTTL: s.cfg.CertTTL})
+	api.RegisterRegistryServer(gs, &registryService{st: d.st, trustDomain: d.ca.TrustDomain, certTTL: s.cfg.CertTTL, taps: s.taps})
 	api.RegisterAgentsServer(gs, &agentsService{
 		st: d.st, hub: d.hub, heartbeat: s.cfg.Heartbeat, leaseTTL: s.cfg.leaseTTL(), log: s.log,
-		revoked: d.revoked, stop: stop, expiries: expiries,
+		revoked: d.revoked, stop: stop, expiries: expiries, taps: s.taps, stats: s.stats,
 	})
 	api.RegisterIdentityServer(gs, &identityService{st: d.st, ca: d.ca, ttl: s.cfg.CertTTL, revoked: d.revoked, log: s.log})
+	s.metrics.initialize(gs)
 	return gs
 }
 

@@ -49,7 +49,10 @@ func Decide(pod *corev1.Pod, ns *corev1.Namespace) Want {
 	if !onPod {
 		mesh = nsLabels[LabelMesh]
 	}
-	if mesh != "enabled" {
+	switch {
+	case onPod && mesh != "enabled":
+		return Want{Reason: "the pod is labelled " + LabelMesh + "=" + mesh}
+	case mesh != "enabled":
 		return Want{Reason: "neither the pod nor its namespace is labelled " + LabelMesh + "=enabled"}
 	}
 	svc := firstOf(pod.Labels[LabelService], nsLabels[LabelService],

@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
@@ -103,7 +104,7 @@ func (w *watcher) hasSynced() bool {
 // already restricts them; the check here keeps a misbehaving (or fake)
 // API from making us enroll another node's pod.
 func (w *watcher) podsOnNode() []*corev1.Pod {
-	all, _ := w.podsL.List(everything)
+	all, _ := w.podsL.List(labels.Everything())
 	out := all[:0]
 	for _, p := range all {
 		if p.Spec.NodeName == w.node {

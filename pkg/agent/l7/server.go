@@ -46,6 +46,10 @@ type Caller struct {
 	Workload  string // "ns/svc"
 	Principal string
 	Security  string
+	// Check, when set, runs before every request: a tunnel kept alive
+	// outlives the checks made when it opened (a node revoked since, a
+	// policy changed), so each request is authorized again.
+	Check func() error
 }
 
 // RoundTrip delivers req to the application at port: a same-node call
@@ -60,7 +64,7 @@ func (s *Server) RoundTrip(req *http.Request, dst *Local, caller Caller, port ui
 		Method:                   req.Method, Path: req.URL.Path, Protocol: req.Proto,
 		TraceId: req.Header.Get(HeaderTraceID), Flags: "-",
 	}
-	resp, err := s.admitAndSend(req, dst, port, call)
+	resp, err := s.admitAndSend(req, dst, caller, port, call)
 	switch {
 	case err != nil && errors.Is(err, errRefused):
 	case err != nil:
@@ -87,7 +91,13 @@ func (s *Server) RoundTrip(req *http.Request, dst *Local, caller Caller, port ui
 
 var errRefused = errors.New("rate limited")
 
-func (s *Server) admitAndSend(req *http.Request, dst *Local, port uint16, call *api.Call) (*http.Response, error) {
+func (s *Server) admitAndSend(req *http.Request, dst *Local, caller Caller, port uint16, call *api.Call) (*http.Response, error) {
+	if caller.Check != nil {
+		if err := caller.Check(); err != nil {
+			call.Flags, call.Status = "UAEX", http.StatusForbidden
+			return plain(req, http.StatusForbidden, "denied: "+err.Error()+"\n", nil), errRefused
+		}
+	}
 	if s.Limits != nil && dst.Limit != nil {
 		if rps, n := dst.Limit(); rps > 0 {
 			waited, ok, after := s.Limits.Limiter(dst.key(), rps, n).Wait(req.Context())
@@ -96,7 +106,7 @@ func (s *Server) admitAndSend(req *http.Request, dst *Local, port uint16, call *
 					s.OnRateLimited(dst.key())
 				}
 				call.Flags, call.Status = "RL", http.StatusTooManyRequests
-				return tooMany(req, after), errRefused
+				return plain(req, http.StatusTooManyRequests, "rate limit exceeded\n", http.Header{"Retry-After": {retryAfter(after)}}), errRefused
 			}
 			if waited > 0 && s.OnQueued != nil {
 				s.OnQueued(dst.key(), waited)
@@ -108,15 +118,15 @@ func (s *Server) admitAndSend(req *http.Request, dst *Local, port uint16, call *
 	return dst.App.RoundTrip(req)
 }
 
-// tooMany is the answer to a request over the rate limit.
-func tooMany(req *http.Request, after time.Duration) *http.Response {
-	body := "rate limit exceeded\n"
-	h := http.Header{}
-	h.Set("Retry-After", retryAfter(after))
+// plain is a short text answer made by the proxy itself.
+func plain(req *http.Request, code int, body string, h http.Header) *http.Response {
+	if h == nil {
+		h = http.Header{}
+	}
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	return &http.Response{
-		StatusCode: http.StatusTooManyRequests, Status: "429 Too Many Requests",
+		StatusCode: code, Status: strconv.Itoa(code) + " " + http.StatusText(code),
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: h, Body: io.NopCloser(strings.NewReader(body)), ContentLength: int64(len(body)),
 		Request: req,

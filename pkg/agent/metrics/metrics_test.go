@@ -307,7 +307,7 @@ func TestHandlerServesTextFormat(t *testing.T) {
 
 func testState() State {
 	return State{
-		Version: "v1", Started: time.Now().Add(-time.Minute),
+		Version:  "v1",
 		Datapath: func() (map[string]uint64, error) { return map[string]uint64{"redirected": 7, "passed": 2}, nil },
 		Registry: func() (RegistryState, bool) {
 			return RegistryState{Connected: true, LastSync: time.Now().Add(-2 * time.Second), Revision: 42, Services: 3,
@@ -379,4 +379,16 @@ func TestStateReadAtScrape(t *testing.T) {
 	if h.GetSampleCount() != 7 || h.GetSampleSum() != 0.5 || h.GetBucket()[0].GetCumulativeCount() != 4 || h.GetBucket()[1].GetCumulativeCount() != 5 {
 		t.Errorf("lag histogram %v", h)
 	}
+}
+
+// The per-request cost on the proxy's path, series already made.
+func BenchmarkObserveCall(b *testing.B) {
+	m := New("n1")
+	c := sourceCall(200)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			m.ObserveCall(c)
+		}
+	})
 }

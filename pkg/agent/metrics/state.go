@@ -11,7 +11,6 @@ import (
 // function leaves its metrics out.
 type State struct {
 	Version string
-	Started time.Time
 	// Datapath returns the eBPF decision counters, each summed over CPUs.
 	Datapath func() (map[string]uint64, error)
 	// Registry returns the link to the control plane; ok=false standalone.
@@ -68,7 +67,6 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 
 var (
 	descInfo      = desc("hms_agent_info", "The agent's node and version; always 1.", "node", "version")
-	descStart     = desc("hms_agent_start_time_seconds", "When the agent started, in seconds since the epoch.")
 	descDatapath  = desc("hms_datapath_events_total", "eBPF datapath decisions by counter, summed over CPUs.", "event")
 	descDPErr     = desc("hms_datapath_read_errors", "1 when the datapath counters could not be read at this scrape.")
 	descConnected = desc("hms_registry_connected", "1 while the stream to the control plane is up.")
@@ -89,7 +87,7 @@ type stateCollector struct {
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descInfo, descStart, descDatapath, descDPErr, descConnected, descSyncAge,
+	for _, d := range []*prometheus.Desc{descInfo, descDatapath, descDPErr, descConnected, descSyncAge,
 		descRevision, descServices, descLag, descCert, descWorkloads, descConns, descAccepted, descPlainRef} {
 		ch <- d
 	}
@@ -104,9 +102,6 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, l...)
 	}
 	gauge(descInfo, 1, c.node, or(s.Version, unknown))
-	if !s.Started.IsZero() {
-		gauge(descStart, float64(s.Started.UnixNano())/1e9)
-	}
 	if s.Datapath != nil {
 		cs, err := s.Datapath()
 		dpErr := 0.0

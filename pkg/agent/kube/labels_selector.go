@@ -1,5 +1,0 @@
-package kube
-
-import "k8s.io/apimachinery/pkg/labels"
-
-var everything = labels.Everything()

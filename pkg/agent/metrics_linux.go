@@ -1,0 +1,93 @@
+package agent
+
+import (
+	"github.com/hms-node/hms-node/pkg/agent/metrics"
+	"github.com/hms-node/hms-node/pkg/agent/registry"
+	mtls "github.com/hms-node/hms-node/pkg/tls"
+)
+
+// newMetrics makes the agent's metrics and lets every scrape read the
+// agent's state: datapath counters, registry sync, certificates,
+// workloads and their connections, tunnels.
+func (a *Agent) newMetrics() *metrics.Metrics {
+	m := metrics.New(a.cfg.Node)
+	err := m.Watch(metrics.State{
+		Version:      a.cfg.Version,
+		Datapath:     a.dp.Counters,
+		Registry:     a.registryMetrics,
+		Certificates: a.certificates,
+		Workloads:    a.workloadMetrics,
+		Tunnels: func() (uint64, uint64) {
+			return a.accepted.Load(), a.plaintextRefused.Load()
+		},
+	})
+	if err != nil { // only a programming error: the descriptors clash
+		a.log.Error("agent metrics", "error", err)
+	}
+	return m
+}
+
+// registryMetrics reads the registry client, which Run sets before the
+// metrics endpoint starts serving.
+func (a *Agent) registryMetrics() (metrics.RegistryState, bool) {
+	if a.client == nil {
+		return metrics.RegistryState{}, false
+	}
+	cs := a.client.State()
+	lag := metrics.Histogram{Bounds: registry.LagBuckets[:], Counts: cs.Lag.Counts[:], Sum: cs.Lag.Sum.Seconds()}
+	return metrics.RegistryState{Connected: cs.Connected, LastSync: cs.LastSync, Revision: cs.Revision,
+		Services: a.table.Len(), Lag: lag}, true
+}
+
+// certificates are the node's certificate and each workload identity's;
+// pods of one service share an identity, reported by its earliest expiry.
+func (a *Agent) certificates() []metrics.Certificate {
+	var out []metrics.Certificate
+	if a.ident != nil {
+		if c := a.ident.cert.Load(); c != nil && c.Leaf != nil {
+			out = append(out, metrics.Certificate{Identity: mtls.NodeID(a.ident.trustDomain, a.cfg.Node), NotAfter: c.Leaf.NotAfter})
+		}
+	}
+	seen := map[string]int{}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, p := range a.pods {
+		id, leaf := p.certInfo()
+		if leaf == nil {
+			continue
+		}
+		if i, ok := seen[id]; ok {
+			if leaf.NotAfter.Before(out[i].NotAfter) {
+				out[i].NotAfter = leaf.NotAfter
+			}
+			continue
+		}
+		seen[id] = len(out)
+		out = append(out, metrics.Certificate{Identity: id, NotAfter: leaf.NotAfter})
+	}
+	return out
+}
+
+// workloadMetrics counts the enrolled workloads and their open proxied
+// connections per service.
+func (a *Agent) workloadMetrics() map[string]metrics.WorkloadState {
+	out := map[string]metrics.WorkloadState{}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, p := range a.pods {
+		k := p.spec.Namespace + "/" + p.spec.Service
+		w := out[k]
+		w.Serving++
+		p.mu.Lock()
+		w.Connections += len(p.conns)
+		p.mu.Unlock()
+		out[k] = w
+	}
+	for _, d := range a.degraded {
+		k := d.spec.Namespace + "/" + d.spec.Service
+		w := out[k]
+		w.Degraded++
+		out[k] = w
+	}
+	return out
+}
