@@ -101,10 +101,7 @@ func (c *peekedConn) Read(p []byte) (int, error) {
 }
 
 func (c *peekedConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
+	return l4.CloseWrite(c.Conn)
 }
 
 // prefixConn replays bytes already read from the client.

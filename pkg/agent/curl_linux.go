@@ -1,10 +1,8 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -88,8 +86,8 @@ func (a *Agent) Curl(ctx context.Context, req CurlRequest) (CurlResult, error) {
 	rec := httptest.NewRecorder()
 	out.Handler(a.sourceOf(p), a.destinationOf(tgt), &httpSender{a: a, p: p, ns: ns, svc: req.Service, port: tgt.Port}).ServeHTTP(rec, hr)
 	res := CurlResult{Status: rec.Code, Headers: rec.Header(), From: p.spec.Namespace + "/" + p.spec.Service}
-	body, _ := io.ReadAll(io.LimitReader(bytes.NewReader(rec.Body.Bytes()), curlBodyLimit))
-	res.Body = string(body)
+	body := rec.Body.Bytes()
+	res.Body = string(body[:min(len(body), curlBodyLimit)])
 	if call != nil {
 		res.Endpoint, res.Retries, res.Flags, res.TraceID = call.Endpoint, call.Retries, call.Flags, call.TraceId
 		res.Latency = float64(call.LatencyUs) / 1000

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/hms-node/hms-node/pkg/agent/l4"
 	"net"
 	"net/http"
 	"net/netip"
@@ -130,10 +131,7 @@ func (c *trackedConn) Close() error {
 
 // CloseWrite keeps half-close working through the wrapper.
 func (c *trackedConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
+	return l4.CloseWrite(c.Conn)
 }
 
 // authorizeLocal applies the destination's policy to a same-node call,

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/hms-node/hms-node/pkg/agent/hbone"
@@ -64,6 +66,9 @@ func (a *Agent) recordCall(c *api.Call) {
 	a.tap.Add(c)
 	if c.Reporter == "source" {
 		a.stats.Observe(c)
+	}
+	if !a.log.Enabled(context.Background(), slog.LevelDebug) {
+		return // don't box a dozen fields per request for a disabled level
 	}
 	a.log.Debug("access", "reporter", c.Reporter, "src", c.SourceWorkload, "dst", c.DestinationService,
 		"method", c.Method, "path", c.Path, "status", c.Status, "us", c.LatencyUs, "retries", c.Retries,
@@ -131,13 +136,12 @@ func (a *Agent) httpPolicy(ns, name string) l7.Policy {
 		pol.BreakerFailures = int(cb.GetMaxFailures())
 		pol.BreakerReset = time.Duration(cb.GetResetSeconds()) * time.Second
 	}
-	set := map[string]bool{}
-	for _, r := range a.table.Routes(ns, name) {
-		set[r.Path] = true
+	set := a.table.Routes(ns, name)
+	for _, r := range set {
 		pol.Routes = append(pol.Routes, route(r.Path, r.TimeoutMs, r.Retries))
 	}
 	for _, r := range m.GetRoutes() {
-		if !set[r.Path] {
+		if !slices.ContainsFunc(set, func(s *api.Route) bool { return s.Path == r.Path }) {
 			pol.Routes = append(pol.Routes, route(r.Path, r.TimeoutMs, r.Retries))
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/hms-node/hms-node/pkg/api"
-	mtls "github.com/hms-node/hms-node/pkg/tls"
 )
 
 // Tap and stats (issue 5): the proxy hands every call to a.tap and
@@ -190,35 +189,12 @@ func (a *Agent) sendStats(ctx context.Context) {
 }
 
 // certStatus lists the expiry of each workload identity of this node, and
-// of the node's own certificate.
+// of the node's own certificate (the same list the metrics export).
 func (a *Agent) certStatus() []*api.CertStatus {
-	var out []*api.CertStatus
-	if a.ident != nil {
-		if c := a.ident.cert.Load(); c != nil && c.Leaf != nil {
-			out = append(out, &api.CertStatus{Identity: mtls.NodeID(a.ident.trustDomain, a.cfg.Node), ExpiryUnix: c.Leaf.NotAfter.Unix()})
-		}
-	}
-	seen := map[string]bool{}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, p := range a.pods {
-		// Pods of one service share the identity but not the certificate:
-		// the earliest expiry is the one to watch.
-		id, leaf := p.certInfo()
-		if leaf == nil {
-			continue
-		}
-		exp := leaf.NotAfter.Unix()
-		if !seen[id] {
-			seen[id] = true
-			out = append(out, &api.CertStatus{Identity: id, ExpiryUnix: exp})
-			continue
-		}
-		for _, c := range out {
-			if c.Identity == id && exp < c.ExpiryUnix {
-				c.ExpiryUnix = exp
-			}
-		}
+	certs := a.certificates()
+	out := make([]*api.CertStatus, 0, len(certs))
+	for _, c := range certs {
+		out = append(out, &api.CertStatus{Identity: c.Identity, ExpiryUnix: c.NotAfter.Unix()})
 	}
 	return out
 }

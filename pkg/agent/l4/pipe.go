@@ -30,6 +30,15 @@ func (w writerOnly) Write(p []byte) (int, error) { return w.w.Write(p) }
 // *net.UnixConn, *tls.Conn.
 type closeWriter interface{ CloseWrite() error }
 
+// CloseWrite half-closes c when it can (for wrappers that must keep
+// half-close working); a connection that cannot is left as it is.
+func CloseWrite(c net.Conn) error {
+	if cw, ok := c.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
 // pipe is the state both directions of one Pipe share.
 type pipe struct {
 	a, b      net.Conn

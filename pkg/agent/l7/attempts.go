@@ -23,8 +23,7 @@ var (
 	errNoHealthy = errors.New("no healthy endpoint")
 	// ErrDenied is the destination refusing the caller (policy, identity):
 	// answered 403 and never retried, since every endpoint would refuse.
-	ErrDenied          = errors.New("l7: denied by the destination")
-	contextWithTimeout = context.WithTimeout
+	ErrDenied = errors.New("l7: denied by the destination")
 )
 
 // attempts is the transport of one request: each try picks an endpoint

@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net"
@@ -163,7 +164,7 @@ func (o *outbound) serve(w *statusWriter, r *http.Request, call *api.Call) strin
 	ctx := r.Context()
 	if timeout > 0 {
 		var cancel func()
-		ctx, cancel = contextWithTimeout(ctx, timeout)
+		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
 	at := &attempts{o: o, retries: retries, explicit: explicit, timeout: timeout}
@@ -178,9 +179,10 @@ func (o *outbound) serve(w *statusWriter, r *http.Request, call *api.Call) strin
 	}
 	proxy.ServeHTTP(w, r.WithContext(ctx))
 	call.Endpoint, call.Retries = at.endpoint, uint32(at.retried)
-	failed := at.flags != "" && at.flags != "UH" || w.status >= 500 && at.flags == ""
-	if br != nil && at.flags != "UH" { // no healthy endpoint is not a circuit failure
-		br.Done(!failed, trial)
+	// Failures are what answered 5xx (connect errors 503, timeouts 504);
+	// no healthy endpoint is not one, and a client that left says nothing.
+	if br != nil && at.flags != "UH" && at.flags != "DC" {
+		br.Done(w.status < 500, trial)
 	}
 	switch {
 	case at.flags != "":

@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"github.com/hms-node/hms-node/pkg/agent/l4"
 	"io"
 	"log"
 	"net"
@@ -49,10 +50,7 @@ func (c *oneConn) Close() error {
 
 // CloseWrite keeps half-close working for upgraded connections.
 func (c *oneConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
+	return l4.CloseWrite(c.Conn)
 }
 
 // oneListener hands out one connection, then blocks until that

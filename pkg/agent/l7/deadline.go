@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"github.com/hms-node/hms-node/pkg/agent/l4"
 	"net"
 	"os"
 	"sync"
@@ -112,8 +113,5 @@ func (d *deadlineConn) SetDeadline(t time.Time) error {
 
 // CloseWrite keeps half-close working for upgraded connections.
 func (d *deadlineConn) CloseWrite() error {
-	if cw, ok := d.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
+	return l4.CloseWrite(d.Conn)
 }

@@ -161,6 +161,5 @@ func AppTransport(dial func(ctx context.Context, network, addr string) (net.Conn
 		IdleConnTimeout:       90 * time.Second,
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true, // pass bodies through as the application sent them
-		ForceAttemptHTTP2:     false,
 	}
 }
