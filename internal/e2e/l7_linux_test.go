@@ -60,6 +60,20 @@ func appAdmin(t *testing.T, p *testbed.Pod, port int, path string) {
 	}
 }
 
+// httpService runs `hms-testapp http` (body text) in a pod of n2 enrolled
+// as svc on port 7000, enrolls a client pod on n1, and waits until the
+// client reaches svc by name. The manifest is applied by the caller.
+func (m *twoNodes) httpService(t *testing.T, svc, body string) (client, srv *testbed.Pod) {
+	t.Helper()
+	client, srv = m.n1.MustAddPod(t, "client"), m.n2.MustAddPod(t, body)
+	startServer(t, srv, 7000, testApp, "http", "--addr", ":7000", "--body", body)
+	m.a1.enroll(client, "client")
+	m.a2.enroll(srv, svc, 7000)
+	waitFor(t, 10*time.Second, svc+" healthy", func() bool { return m.control.healthyInstances(svc) == 1 })
+	waitFor(t, 10*time.Second, "a call by name", func() bool { _, err := m.curlByName(t, client, "http://"+svc+".svc/"); return err == nil })
+	return client, srv
+}
+
 // waitPort waits until a server in the pod accepts on port.
 func waitPort(t *testing.T, p *testbed.Pod, port int) {
 	t.Helper()
@@ -124,12 +138,7 @@ func TestPrivilegedHTTPInstanceKillNoFailedGET(t *testing.T) {
 func TestPrivilegedCircuitBreakerOpensAndCloses(t *testing.T) {
 	m := newTwoNodes(t)
 	m.control.apply("name: flaky-svc\nport: 7000\nprotocol: http\nmesh:\n  circuit_breaker: {max_failures: 5, reset_seconds: 2}\n")
-	client, srv := m.n1.MustAddPod(t, "client"), m.n2.MustAddPod(t, "flaky")
-	startServer(t, srv, 7000, testApp, "http", "--addr", ":7000", "--body", "flaky")
-	m.a1.enroll(client, "client")
-	m.a2.enroll(srv, "flaky-svc", 7000)
-	waitFor(t, 10*time.Second, "flaky-svc healthy", func() bool { return m.control.healthyInstances("flaky-svc") == 1 })
-	waitFor(t, 10*time.Second, "a call by name", func() bool { _, err := m.curlByName(t, client, "http://flaky-svc.svc/"); return err == nil })
+	client, srv := m.httpService(t, "flaky-svc", "flaky")
 
 	appAdmin(t, srv, 7000, "/admin/fail?code=503")
 	for i := range 5 {
@@ -162,12 +171,7 @@ func TestPrivilegedCircuitBreakerOpensAndCloses(t *testing.T) {
 func TestPrivilegedTimeoutAndRouteOverride(t *testing.T) {
 	m := newTwoNodes(t)
 	m.control.apply("name: slow-svc\nport: 7000\nprotocol: http\nmesh:\n  timeout: 800ms\n  routes:\n    - {path: /delay/1500ms, timeout: 3s}\n")
-	client, srv := m.n1.MustAddPod(t, "client"), m.n2.MustAddPod(t, "slow")
-	startServer(t, srv, 7000, testApp, "http", "--addr", ":7000", "--body", "slow")
-	m.a1.enroll(client, "client")
-	m.a2.enroll(srv, "slow-svc", 7000)
-	waitFor(t, 10*time.Second, "slow-svc healthy", func() bool { return m.control.healthyInstances("slow-svc") == 1 })
-	waitFor(t, 10*time.Second, "a call by name", func() bool { _, err := m.curlByName(t, client, "http://slow-svc.svc/"); return err == nil })
+	client, _ := m.httpService(t, "slow-svc", "slow")
 
 	best := 10.0 // the least of 3 tries: the proxy's answer, not the machine's noise
 	for range 3 {
@@ -304,12 +308,7 @@ func TestPrivilegedServerFirstTCP(t *testing.T) {
 func TestPrivilegedHTTPFeaturesAcrossNodes(t *testing.T) {
 	m := newTwoNodes(t)
 	m.control.apply("name: feat-svc\nport: 7000\nprotocol: http\n")
-	client, srv := m.n1.MustAddPod(t, "client"), m.n2.MustAddPod(t, "feat")
-	startServer(t, srv, 7000, testApp, "http", "--addr", ":7000", "--body", "feat")
-	m.a1.enroll(client, "client")
-	m.a2.enroll(srv, "feat-svc", 7000)
-	waitFor(t, 10*time.Second, "feat-svc healthy", func() bool { return m.control.healthyInstances("feat-svc") == 1 })
-	waitFor(t, 10*time.Second, "a call by name", func() bool { _, err := m.curlByName(t, client, "http://feat-svc.svc/"); return err == nil })
+	client, srv := m.httpService(t, "feat-svc", "feat")
 	curlIn := func(args ...string) string {
 		t.Helper()
 		out, err := m.inPod(t, client, append([]string{"curl", "-sS", "--max-time", "10"}, args...)...)
