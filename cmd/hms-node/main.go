@@ -26,6 +26,7 @@ func main() {
 		controlCmd(), applyCmd(), deleteCmd(), listCmd(), addCmd(), tokenCmd(), nodeCmd())
 	root.AddCommand(cniCmd())
 	root.AddCommand(curlCmd())
+	root.AddCommand(doctorCmd(), dashboardCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "hms-node:", err)
 		os.Exit(1)

@@ -24,6 +24,7 @@ func (s *Server) listenHTTP(cli *clientv3.Client) (*http.Server, net.Listener, e
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", s.metrics.handler())
+	s.mountDashboard(mux, cli)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
