@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -22,25 +23,67 @@ func Mount() (string, error) {
 }
 
 func mountFrom(path string) (string, error) {
+	mounts, err := Mounts(path)
+	if err != nil {
+		return "", err
+	}
+	for _, m := range mounts {
+		if m.FSType == "cgroup2" {
+			return m.Point, nil
+		}
+	}
+	return "", ErrNotMounted
+}
+
+// MountEntry is one line of a mountinfo file.
+type MountEntry struct {
+	Point  string // the mount point, unescaped
+	FSType string
+}
+
+// Mounts parses a mountinfo file (/proc/self/mountinfo): "id parent
+// major:minor root point opts [optional...] - fstype source superopts".
+func Mounts(path string) ([]MountEntry, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("read mounts: %w", err)
+		return nil, fmt.Errorf("read mounts: %w", err)
 	}
 	defer f.Close()
+	var out []MountEntry
 	s := bufio.NewScanner(f)
+	s.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for s.Scan() {
-		// id parent major:minor root mountpoint opts [optional...] - fstype source superopts
 		fields := strings.Fields(s.Text())
 		for i, fld := range fields {
-			if fld == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
-				return fields[4], nil
+			if fld == "-" && i+1 < len(fields) && len(fields) > 4 {
+				out = append(out, MountEntry{Point: unescapeMount(fields[4]), FSType: fields[i+1]})
+				break
 			}
 		}
 	}
 	if err := s.Err(); err != nil {
-		return "", fmt.Errorf("read mounts: %w", err)
+		return nil, fmt.Errorf("read mounts: %w", err)
 	}
-	return "", ErrNotMounted
+	return out, nil
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // Self returns the absolute directory of the calling process's cgroup v2.

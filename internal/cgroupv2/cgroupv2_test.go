@@ -30,3 +30,12 @@ func TestMountFromNone(t *testing.T) {
 		t.Fatalf("got %v, want ErrNotMounted", err)
 	}
 }
+
+func TestMountsUnescapes(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "mountinfo")
+	os.WriteFile(p, []byte(`50 1 0:40 / /mnt/with\040space rw - cgroup2 cgroup2 rw`+"\n"), 0o644)
+	ms, err := Mounts(p)
+	if err != nil || len(ms) != 1 || ms[0].Point != "/mnt/with space" || ms[0].FSType != "cgroup2" {
+		t.Fatalf("Mounts = %+v, %v", ms, err)
+	}
+}

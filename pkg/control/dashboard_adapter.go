@@ -1,14 +1,10 @@
 package control
 
 import (
-	"cmp"
 	"context"
 	"net/http"
-	"slices"
 
-	"github.com/hms-node/hms-node/pkg/api"
 	"github.com/hms-node/hms-node/pkg/control/dashboard"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // dashboardSource is the dashboard's view of this replica: the live stats
@@ -27,9 +23,7 @@ func (d dashboardSource) Registry(ctx context.Context) (*dashboard.Registry, err
 	if err != nil {
 		return nil, err
 	}
-	slices.SortFunc(v.services, func(a, b *api.Service) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-	})
+	v.sortServices()
 	return &dashboard.Registry{Revision: v.rev, Services: v.services, Instances: v.instances,
 		Externals: v.externals, Nodes: v.nodes, Limits: v.limits}, nil
 }
@@ -37,8 +31,7 @@ func (d dashboardSource) Registry(ctx context.Context) (*dashboard.Registry, err
 // mountDashboard serves the dashboard under /dashboard/ on the HTTP
 // listener's mux, and sends / there. Its live streams end when the
 // replica shuts down.
-func (s *Server) mountDashboard(mux *http.ServeMux, cli *clientv3.Client) {
-	st := &store{cli: cli, cidr: s.cfg.VIPCIDR, timeout: s.cfg.RequestTimeout, log: s.log}
+func (s *Server) mountDashboard(mux *http.ServeMux, st *store) {
 	h, err := dashboard.New(dashboard.Config{Source: dashboardSource{Server: s, st: st}, Log: s.log,
 		Window: StatsWindow, Done: s.taps.closing})
 	if err != nil { // only without a source

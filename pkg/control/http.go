@@ -14,7 +14,7 @@ import (
 const readyTimeout = time.Second
 
 // listenHTTP listens for /healthz and /readyz, unless HTTPAddr is "off".
-func (s *Server) listenHTTP(cli *clientv3.Client) (*http.Server, net.Listener, error) {
+func (s *Server) listenHTTP(cli *clientv3.Client, st *store) (*http.Server, net.Listener, error) {
 	if s.cfg.HTTPAddr == "off" {
 		return nil, nil, nil
 	}
@@ -24,7 +24,7 @@ func (s *Server) listenHTTP(cli *clientv3.Client) (*http.Server, net.Listener, e
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", s.metrics.handler())
-	s.mountDashboard(mux, cli)
+	s.mountDashboard(mux, st)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

@@ -1,12 +1,10 @@
 package control
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
 	"net/url"
-	"slices"
 	"time"
 
 	"github.com/hms-node/hms-node/pkg/api"
@@ -134,10 +132,7 @@ func (r *registryService) List(ctx context.Context, _ *api.ListRequest) (*api.Li
 	if err != nil {
 		return nil, err
 	}
-	// etcd's key order puts "a-b/x" before "a/x"; sort by the fields.
-	slices.SortFunc(v.services, func(a, b *api.Service) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-	})
+	v.sortServices()
 	return &api.ListResponse{
 		Services:  v.services,
 		Instances: v.instances,

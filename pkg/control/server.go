@@ -147,7 +147,7 @@ func (s *Server) serve(ctx context.Context, cli *clientv3.Client) error {
 	stop := make(chan struct{})
 	var expiries sync.WaitGroup
 	gs := s.newGRPC(grpcDeps{st: st, hub: h, ca: ca, revoked: revoked, rot: rot}, stop, &expiries)
-	hs, hlis, err := s.listenHTTP(cli)
+	hs, hlis, err := s.listenHTTP(cli, st)
 	if err != nil {
 		lis.Close()
 		return err

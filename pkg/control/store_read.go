@@ -1,7 +1,9 @@
 package control
 
 import (
+	"cmp"
 	"context"
+	"slices"
 
 	"github.com/hms-node/hms-node/pkg/api"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -40,6 +42,14 @@ func (s *store) readAll(ctx context.Context) (*view, error) {
 		v.add(c)
 	}
 	return v, nil
+}
+
+// sortServices orders the services by namespace, then name: etcd's key
+// order puts "a-b/x" before "a/x".
+func (v *view) sortServices() {
+	slices.SortFunc(v.services, func(a, b *api.Service) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
 }
 
 func (v *view) add(c *api.Change) {

@@ -1,14 +1,12 @@
 package doctor
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
+	"github.com/hms-node/hms-node/internal/cgroupv2"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 )
 
 // Filesystem magics (statfs f_type).
@@ -17,72 +15,21 @@ const (
 	cgroup2Magic = 0x63677270
 )
 
-// mount is one line of /proc/self/mountinfo.
-type mount struct {
-	point  string
-	fstype string
-}
-
-// readMounts parses a mountinfo file: "id parent maj:min root point opts
-// [optional...] - fstype source superopts".
-func readMounts(path string) ([]mount, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("read mounts: %w", err)
-	}
-	defer f.Close()
-	var out []mount
-	s := bufio.NewScanner(f)
-	s.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		for i, fld := range fields {
-			if fld == "-" && i+1 < len(fields) && len(fields) > 4 {
-				out = append(out, mount{point: unescapeMount(fields[4]), fstype: fields[i+1]})
-				break
-			}
-		}
-	}
-	if err := s.Err(); err != nil {
-		return nil, fmt.Errorf("read mounts: %w", err)
-	}
-	return out, nil
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
 // checkCgroup2 finds the cgroup2 mount the agent attaches to: /sys/fs/cgroup
 // on unified hosts, /sys/fs/cgroup/unified on hybrid ones; and, with
 // --cgroup-root, that the root is a directory on it.
 func checkCgroup2(cfg Config) Result {
 	const name = "cgroup2"
-	mounts, err := readMounts(cfg.MountInfo)
+	mounts, err := cgroupv2.Mounts(cfg.MountInfo)
 	if err != nil {
 		return fail(name, err.Error(), "run doctor on the node itself (it reads "+cfg.MountInfo+")")
 	}
 	var points []string
 	hybrid := false
 	for _, m := range mounts {
-		switch m.fstype {
+		switch m.FSType {
 		case "cgroup2":
-			points = append(points, m.point)
+			points = append(points, m.Point)
 		case "cgroup":
 			hybrid = true
 		}

@@ -74,14 +74,6 @@ func TestCgroup2Root(t *testing.T) {
 	}
 }
 
-func TestMountinfoEscapes(t *testing.T) {
-	p := writeFile(t, "mountinfo", `50 1 0:40 / /mnt/with\040space rw - cgroup2 cgroup2 rw`+"\n")
-	ms, err := readMounts(p)
-	if err != nil || len(ms) != 1 || ms[0].point != "/mnt/with space" || ms[0].fstype != "cgroup2" {
-		t.Fatalf("readMounts = %+v, %v", ms, err)
-	}
-}
-
 func TestBPFFS(t *testing.T) {
 	bpf := t.TempDir() // stands in for /sys/fs/bpf
 	pinDir := filepath.Join(bpf, "hms")
