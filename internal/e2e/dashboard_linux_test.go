@@ -130,6 +130,28 @@ func edgeState(t *testing.T, ctx context.Context, from, to string) string {
 	return js[string](t, ctx, fmt.Sprintf(`(() => { const e = document.querySelector('#graph g.edge[data-edge="%s->%s"]'); return e ? e.dataset.state : ""; })()`, from, to))
 }
 
+// waitText waits until the element's text holds every want, and returns it.
+func waitText(t *testing.T, ctx context.Context, sel string, within time.Duration, want ...string) string {
+	t.Helper()
+	var got string
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+		got = js[string](t, ctx, fmt.Sprintf(`document.querySelector(%q).innerText`, sel))
+		if containsAll(got, want) {
+			break
+		}
+	}
+	return got
+}
+
+func containsAll(s string, want []string) bool {
+	for _, w := range want {
+		if !strings.Contains(s, w) {
+			return false
+		}
+	}
+	return true
+}
+
 func waitEdge(t *testing.T, ctx context.Context, from, to, want string, within time.Duration) {
 	t.Helper()
 	var got string
@@ -206,7 +228,9 @@ func TestPrivilegedDashboard(t *testing.T) {
 	if !strings.Contains(label, "req/s") || !strings.Contains(label, "0% err") || !strings.Contains(label, "p99") {
 		t.Errorf("edge label %q: want rate, error rate and p99", label)
 	}
-	certs := js[string](t, bctx, `document.querySelector("#certs").innerText`)
+	// Each node's certificates come with its next 5 s stats: wait for them
+	// on the live page rather than reading it once.
+	certs := waitText(t, bctx, "#certs", 12*time.Second, "/ns/default/sa/notify-svc", "/node/n1", "in ")
 	mustContainAll(t, "certificates", certs, "/ns/default/sa/notify-svc", "/node/n1", "in ")
 
 	// The tap view follows notify-svc's calls.
