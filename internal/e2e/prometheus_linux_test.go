@@ -94,6 +94,20 @@ func startObserved(t *testing.T) (*observedMesh, *testbed.Pod) {
 
 func TestPrivilegedPrometheus(t *testing.T) {
 	m, client := startObserved(t)
+	// bulk (tcp) on n2 moves different amounts each way, so the TCP byte
+	// counters show which direction is which.
+	m.control.apply("name: bulk\nport: 7200\nprotocol: tcp\n")
+	bulk := m.n2.MustAddPod(t, "bulk")
+	startServer(t, bulk, 7200, testApp, "bulk-server", "--addr", ":7200")
+	m.a2.enroll(bulk, "bulk", 7200)
+	waitFor(t, 10*time.Second, "bulk healthy", func() bool { return m.control.healthyInstances("bulk") == 1 })
+	// near (tcp) on n1, the client's node: served in-process, reported
+	// under both reporters by agent 1.
+	m.control.apply("name: near\nport: 7300\nprotocol: tcp\n")
+	near := m.n1.MustAddPod(t, "near")
+	startServer(t, near, 7300, testApp, "bulk-server", "--addr", ":7300")
+	m.a1.enroll(near, "near", 7300)
+	waitFor(t, 10*time.Second, "near healthy", func() bool { return m.control.healthyInstances("near") == 1 })
 	prom := startPrometheus(t, map[string][]string{
 		"hms-agent": {m.metrics1, m.metrics2}, "hms-control": {m.controlHTTP},
 	})
@@ -102,12 +116,7 @@ func TestPrivilegedPrometheus(t *testing.T) {
 	})
 
 	m.callPattern(t, client)
-	vip := m.serviceVIP(t, "echo")
-	for i := range 3 {
-		if out, err := run(t, client, testApp, "rr", "--addr", vip+":7100", "--n", "2"); err != nil {
-			t.Fatalf("tcp connection %d to echo: %v\n%s", i, err, out)
-		}
-	}
+	m.tcpPattern(t, client)
 
 	want := map[string]float64{"source/200": 20, "source/503": 5, "destination/200": 20, "destination/503": 5}
 	q := `sum by (reporter, response_code) (istio_requests_total{source_workload="client",destination_service_name="notify-svc"})`
@@ -121,10 +130,9 @@ func TestPrivilegedPrometheus(t *testing.T) {
 	if n := prom.sum(t, `sum(istio_request_duration_milliseconds_count{source_workload="client"})`); n != 50 {
 		t.Errorf("istio_request_duration_milliseconds_count = %v, want 50 (25 calls × 2 reporters)", n)
 	}
-	tcpWired := false // stays false when the subtest skips
-	t.Run("tcp", func(t *testing.T) { tcpWired = checkTCPMetrics(t, prom, m) })
+	t.Run("tcp", func(t *testing.T) { checkTCPMetrics(t, prom, m) })
 	checkHMSMetrics(t, prom, m)
-	t.Run("grafana", func(t *testing.T) { checkDashboard(t, prom, tcpWired) })
+	t.Run("grafana", func(t *testing.T) { checkDashboard(t, prom, true) })
 	for _, ep := range []string{m.metrics1, m.metrics2, m.controlHTTP} {
 		promtoolCheck(t, ep)
 	}
@@ -156,23 +164,100 @@ func checkRequestLabels(t *testing.T, prom *promProc, m *observedMesh) {
 	}
 }
 
-// checkTCPMetrics: three connections from the client to echo (tcp). It
-// skips while no agent reports TCP metrics at all; true once checked.
-func checkTCPMetrics(t *testing.T, prom *promProc, m *observedMesh) bool {
-	if prom.sum(t, `count(istio_tcp_connections_opened_total) or vector(0)`) == 0 {
-		raw := scrape(t, m.metrics1) + scrape(t, m.metrics2)
-		if !strings.Contains(raw, "\nistio_tcp_connections_opened_total{") {
-			t.Skip("no agent reports istio_tcp_* yet: the L4 proxy does not call TCPOpened/TCPClosed")
+// tcpPattern is the known TCP traffic from the client, cross-node, one
+// connection each: 3 to echo, each 2 round trips of 64 bytes (128 bytes
+// each way); 2 to bulk downloading 100000 bytes (a 9-byte header up); 1
+// to bulk uploading 50000 bytes (header and data up, a 71-byte
+// "<sha256> 50000\n" down); and on the same node 1 to near, downloading
+// 1000 bytes.
+func (m *observedMesh) tcpPattern(t *testing.T, client *testbed.Pod) {
+	t.Helper()
+	echo, bulk := m.serviceVIP(t, "echo")+":7100", m.serviceVIP(t, "bulk")+":7200"
+	out, err := run(t, client, testApp, "bulk", "--addr", m.serviceVIP(t, "near")+":7300", "--dir", "down", "--bytes", "1000")
+	if err != nil || !strings.Contains(out, `"bytes":1000,`) {
+		t.Fatalf("bulk down 1000 from near: %v\n%s", err, out)
+	}
+	for i := range 3 {
+		if out, err := run(t, client, testApp, "rr", "--addr", echo, "--n", "2", "--size", "64"); err != nil {
+			t.Fatalf("tcp connection %d to echo: %v\n%s", i, err, out)
 		}
 	}
-	q := `sum by (reporter) (istio_tcp_connections_opened_total{source_workload="client",destination_service_name="echo"})`
+	for _, dir := range []string{"down", "down", "up"} {
+		n := map[string]string{"down": "100000", "up": "50000"}[dir]
+		out, err := run(t, client, testApp, "bulk", "--addr", bulk, "--dir", dir, "--bytes", n)
+		if err != nil || !strings.Contains(out, `"bytes":`+n+",") {
+			t.Fatalf("bulk %s %s: %v\n%s", dir, n, err, out)
+		}
+	}
+}
+
+// tcpWant is what tcpPattern must show, per reporter and destination
+// service: sent is to the client, received from it (Istio's meaning).
+var tcpWant = map[string]map[string]float64{
+	"istio_tcp_connections_opened_total": {"echo": 3, "bulk": 3, "near": 1},
+	"istio_tcp_connections_closed_total": {"echo": 3, "bulk": 3, "near": 1},
+	"istio_tcp_sent_bytes_total":         {"echo": 3 * 128, "bulk": 2*100000 + 71, "near": 1000},
+	"istio_tcp_received_bytes_total":     {"echo": 3 * 128, "bulk": 2*9 + 9 + 50000, "near": 9},
+}
+
+// checkTCPMetrics: tcpPattern's connections, counted exactly by both
+// agents, and nothing else in the TCP metrics (HTTP calls, the HTTP
+// tunnels and health probes are not TCP connections of the mesh).
+func checkTCPMetrics(t *testing.T, prom *promProc, m *observedMesh) {
+	want := map[string]float64{}
+	for name, bySvc := range tcpWant {
+		for svc, v := range bySvc {
+			for _, r := range []string{"source", "destination"} {
+				want[name+"/"+r+"/client/"+svc] = v
+			}
+		}
+	}
+	q := `sum by (__name__, reporter, source_workload, destination_service_name) ({__name__=~"istio_tcp_.*"})`
 	var got map[string]float64
-	waitFor(t, 15*time.Second, "3 TCP connections to echo per reporter", func() bool {
-		got = prom.vector(t, q, "reporter")
-		return got["source"] == 3 && got["destination"] == 3
+	waitFor(t, 20*time.Second, "the TCP call pattern in Prometheus", func() bool {
+		got = prom.vector(t, q, "__name__", "reporter", "source_workload", "destination_service_name")
+		return fmt.Sprint(got) == fmt.Sprint(want)
 	})
 	t.Logf("%s = %v", q, got)
-	return true
+	for _, svc := range []string{"echo", "bulk", "near"} {
+		dstAgent := map[bool]string{true: m.metrics1, false: m.metrics2}[svc == "near"]
+		for name := range tcpWant {
+			checkTCPLabels(t, prom, name, svc, map[string]string{"source": m.metrics1, "destination": dstAgent})
+		}
+	}
+}
+
+// checkTCPLabels: one series per reporter, each from the agent given by
+// instance, with Istio's labels, one by one.
+func checkTCPLabels(t *testing.T, prom *promProc, name, svc string, instance map[string]string) {
+	series := prom.query(t, name+`{source_workload="client",destination_service_name="`+svc+`"}`)
+	if len(series) != 2 {
+		t.Fatalf("%d series of %s to %s, want one per reporter: %v", len(series), name, svc, series)
+	}
+	for _, s := range series {
+		l := s.Metric
+		checks := map[string]string{
+			"instance": instance[l["reporter"]], "job": "hms-agent",
+			"source_workload": "client", "source_workload_namespace": "default",
+			"source_principal": "spiffe://cluster.local/ns/default/sa/client", "source_app": "unknown",
+			"source_version": "unknown", "source_canonical_service": "client", "source_canonical_revision": "latest",
+			"source_cluster": "unknown", "destination_workload": svc, "destination_workload_namespace": "default",
+			"destination_principal": "spiffe://cluster.local/ns/default/sa/" + svc, "destination_app": "unknown",
+			"destination_version": "unknown", "destination_service": svc + ".default.svc",
+			"destination_service_name": svc, "destination_service_namespace": "default",
+			"destination_canonical_service": svc, "destination_canonical_revision": "latest",
+			"destination_cluster": "unknown", "request_protocol": "tcp", "response_flags": "-",
+			"connection_security_policy": "mutual_tls",
+		}
+		for k, v := range checks {
+			if l[k] != v {
+				t.Errorf("%s reporter=%s: %s=%q, want %q (series %v)", name, l["reporter"], k, l[k], v, l)
+			}
+		}
+		if len(l) != len(checks)+2 { // + __name__ and reporter
+			t.Errorf("%s reporter=%s has %d labels, want %d: %v", name, l["reporter"], len(l), len(checks)+2, l)
+		}
+	}
 }
 
 // checkHMSMetrics checks the hms_* series of both agents and the
@@ -189,13 +274,13 @@ func checkHMSMetrics(t *testing.T, prom *promProc, m *observedMesh) {
 		`hms_hbone_tunnels_accepted_total{` + a2 + `}`:                                              1,
 		`grpc_server_handled_total{grpc_method="Apply",grpc_code="OK",` + c + `}`:                   1,
 		`hms_control_streams_open{grpc_method="Connect"}`:                                           2,
-		`hms_control_registry_objects{kind="services"}`:                                             2,
+		`hms_control_registry_objects{kind="services"}`:                                             4,
 		`hms_control_etcd_request_duration_seconds_count{op="txn",result="ok"}`:                     1,
 	}
 	exactly := map[string]float64{
 		`hms_control_streams_open{grpc_method="Connect"}`: 2,
-		`hms_control_registry_objects{kind="services"}`:   2,
-		`hms_registry_services{` + a1 + `}`:               2,
+		`hms_control_registry_objects{kind="services"}`:   4, // notify-svc, echo, bulk, near
+		`hms_registry_services{` + a1 + `}`:               4,
 	}
 	keys := make([]string, 0, len(atLeast))
 	for q := range atLeast {

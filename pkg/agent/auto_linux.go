@@ -19,7 +19,7 @@ import (
 // connection is served at L7 and the early upstream connection is
 // dropped; anything else stays L4 with nothing lost either way.
 func (a *Agent) serveAuto(p *pod, c *net.TCPConn, tgt registry.Target) {
-	up := a.dialService(p, c, tgt)
+	up, local := a.dialService(p, c, tgt)
 	if up == nil {
 		return
 	}
@@ -43,7 +43,10 @@ func (a *Agent) serveAuto(p *pod, c *net.TCPConn, tgt registry.Target) {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
-	l4.Pipe(&prefixConn{TCPConn: c, prefix: buf[:n]}, &peekedConn{Conn: up, s: s})
+	// Counted from the decision on; the replayed bytes pass the Pipe, so
+	// they are in its counts.
+	a.pipeTCP(&prefixConn{TCPConn: c, prefix: buf[:n]}, &peekedConn{Conn: up, s: s},
+		a.tcpLabels(p, tgt.Service.Namespace, tgt.Service.Name, local)...)
 }
 
 // sniff holds the one read of the upstream made before the protocol is

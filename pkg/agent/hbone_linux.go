@@ -8,15 +8,17 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/hms-node/hms-node/pkg/agent/l4"
 	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hms-node/hms-node/pkg/agent/hbone"
+	"github.com/hms-node/hms-node/pkg/agent/l4"
+	"github.com/hms-node/hms-node/pkg/agent/metrics"
 	"github.com/hms-node/hms-node/pkg/api"
 	mtls "github.com/hms-node/hms-node/pkg/tls"
 )
@@ -87,7 +89,45 @@ func (a *Agent) acceptTunnel(ctx context.Context, p *pod, r *hbone.Request) (net
 	a.conns.Add(1)
 	p.active.Add(1)
 	p.track(app, true)
-	return &trackedConn{Conn: app, done: func() { p.track(app, false); p.active.Done(); a.conns.Done() }}, nil
+	tc := &tunnelConn{trackedConn: trackedConn{Conn: app, done: func() { p.track(app, false); p.active.Done(); a.conns.Done() }}}
+	tc.report = a.metrics.OpenTCP(metrics.TCPLabels{Reporter: "destination",
+		SourceWorkload: caller.Namespace + "/" + caller.Service, SourcePrincipal: caller.String(),
+		DestinationService:   p.spec.Namespace + "/" + p.spec.Service,
+		DestinationPrincipal: mtls.WorkloadID(a.ident.trustDomain, p.spec.Namespace, p.spec.Service),
+		SecurityPolicy:       "mutual_tls"}, &tc.sent, &tc.received)
+	return tc, nil
+}
+
+// tunnelConn is the application's end of an accepted byte tunnel, which
+// the HBONE server relays with Read and Write: it counts the bytes for
+// the destination's TCP metrics, one atomic add per chunk: what it reads
+// from the application is sent to the client, what it writes is received
+// from it.
+type tunnelConn struct {
+	trackedConn
+	sent, received atomic.Int64
+	report         *metrics.TCPConn
+}
+
+func (c *tunnelConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.sent.Add(int64(n))
+	return n, err
+}
+
+func (c *tunnelConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.received.Add(int64(n))
+	return n, err
+}
+
+// Close reports the connection closed; the HBONE server closes it again
+// once both copies are joined, which reports any bytes a copy still
+// moved after the first Close.
+func (c *tunnelConn) Close() error {
+	err := c.trackedConn.Close()
+	c.report.Close()
+	return err
 }
 
 // checkTunnel verifies a CONNECT: the caller's identity and node, the

@@ -39,9 +39,9 @@ func (a *Agent) serveService(p *pod, c *net.TCPConn, dst netip.AddrPort) {
 	case "http":
 		a.serveHTTP(p, c, tgt)
 	case "tcp":
-		if up := a.dialService(p, c, tgt); up != nil {
+		if up, local := a.dialService(p, c, tgt); up != nil {
 			defer up.Close()
-			l4.Pipe(c, up)
+			a.pipeTCP(c, up, a.tcpLabels(p, tgt.Service.Namespace, tgt.Service.Name, local)...)
 		}
 	default:
 		a.serveAuto(p, c, tgt)
@@ -50,9 +50,10 @@ func (a *Agent) serveService(p *pod, c *net.TCPConn, dst netip.AddrPort) {
 
 // dialService connects to a healthy endpoint picked per connection: a
 // pod of this node in-process, one on another node over the network,
-// trying another endpoint when a connect fails. With none reachable it
-// resets c and returns nil.
-func (a *Agent) dialService(p *pod, c *net.TCPConn, tgt registry.Target) net.Conn {
+// trying another endpoint when a connect fails; local is the pod of this
+// node it reached in-process, if so. With none reachable it resets c and
+// returns nil.
+func (a *Agent) dialService(p *pod, c *net.TCPConn, tgt registry.Target) (up net.Conn, local *pod) {
 	var tried []netip.AddrPort
 	// Picks skip other nodes' loopback (dev) endpoints without counting
 	// as a dial; Pick ends the loop once every endpoint was tried.
@@ -69,7 +70,7 @@ func (a *Agent) dialService(p *pod, c *net.TCPConn, tgt registry.Target) net.Con
 		ep = netip.AddrPortFrom(ep.Addr(), tgt.Port) // the service port this VIP port maps to
 		dials++
 		start := time.Now()
-		up, err := a.dialEndpoint(p, ep, tgt.Service.Namespace, tgt.Service.Name, c)
+		up, local, err := a.dialEndpoint(p, ep, tgt.Service.Namespace, tgt.Service.Name, c)
 		if err != nil {
 			if errors.Is(err, hbone.ErrDenied) {
 				done(nil, time.Since(start)) // policy, not a sick endpoint: no retry, no ejection
@@ -80,29 +81,33 @@ func (a *Agent) dialService(p *pod, c *net.TCPConn, tgt registry.Target) net.Con
 			continue
 		}
 		done(nil, time.Since(start)) // connect latency feeds the balancer, not the connection's lifetime
-		return up
+		return up, local
 	}
 	a.log.Warn("no healthy endpoint", "service", tgt.Service.Namespace+"/"+tgt.Service.Name, "tried", len(tried))
 	c.SetLinger(0)
-	return nil
+	return nil, nil
 }
 
 // dialEndpoint connects to an endpoint of service ns/svc: in-process when
 // a pod of this node serves it (no TLS inside one agent); over an HBONE
 // tunnel to another node in a mesh with identities; plain TCP standalone.
-func (a *Agent) dialEndpoint(p *pod, ep netip.AddrPort, ns, svc string, c *net.TCPConn) (net.Conn, error) {
+// local is the pod of this node it reached in-process, if so.
+func (a *Agent) dialEndpoint(p *pod, ep netip.AddrPort, ns, svc string, c *net.TCPConn) (up net.Conn, local *pod, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.DialTimeout)
 	defer cancel()
-	if local := a.localPod(ep); local != nil {
+	if local = a.localPod(ep); local != nil {
 		if err := a.authorizeLocal(p, local); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return local.dialer.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(ep.Port()))))
+		up, err = local.dialer.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(ep.Port()))))
+		return up, local, err
 	}
 	if a.ident != nil {
-		return a.tunnel(ctx, p, ns, svc, ep, c.RemoteAddr().(*net.TCPAddr).AddrPort())
+		up, err = a.tunnel(ctx, p, ns, svc, ep, c.RemoteAddr().(*net.TCPAddr).AddrPort())
+		return up, nil, err
 	}
-	return p.dialer.DialContext(ctx, "tcp", ep.String())
+	up, err = p.dialer.DialContext(ctx, "tcp", ep.String())
+	return up, nil, err
 }
 
 // permissive tells whether a pod's service accepts plaintext inbound

@@ -1,6 +1,9 @@
 package agent
 
 import (
+	"net"
+
+	"github.com/hms-node/hms-node/pkg/agent/l4"
 	"github.com/hms-node/hms-node/pkg/agent/metrics"
 	"github.com/hms-node/hms-node/pkg/agent/registry"
 	mtls "github.com/hms-node/hms-node/pkg/tls"
@@ -90,4 +93,41 @@ func (a *Agent) workloadMetrics() map[string]metrics.WorkloadState {
 		out[k] = w
 	}
 	return out
+}
+
+// pipeTCP relays a proxied connection at L4 and reports it under each of
+// labels (none for passthrough): opened now, its bytes every 15 s while
+// it lasts and at the end, closed once both directions are done. client
+// is the downstream side: bytes to it are "sent", bytes from it
+// "received", as Istio counts them. The counts are the copy loop's own.
+func (a *Agent) pipeTCP(client, up net.Conn, labels ...metrics.TCPLabels) {
+	n := new(l4.Counts)
+	conns := make([]*metrics.TCPConn, len(labels))
+	for i, l := range labels {
+		conns[i] = a.metrics.OpenTCP(l, &n.BToA, &n.AToB)
+	}
+	l4.PipeCounts(client, up, n)
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// tcpLabels are the source reporter's labels of pod p's connection to
+// service ns/svc, with the HTTP path's security and principals (sourceOf,
+// destinationOf). When local, a pod of this node, serves it in-process,
+// no other agent sees the connection: the destination reporter's labels
+// come too, as the HTTP path reports both sides of a same-node call.
+func (a *Agent) tcpLabels(p *pod, ns, svc string, local *pod) []metrics.TCPLabels {
+	src := a.sourceOf(p)
+	l := metrics.TCPLabels{Reporter: "source", SourceWorkload: src.Workload, SourcePrincipal: src.Principal,
+		DestinationService: ns + "/" + svc, SecurityPolicy: src.Security}
+	if a.ident != nil {
+		l.DestinationPrincipal = mtls.WorkloadID(a.ident.trustDomain, ns, svc)
+	}
+	if local == nil {
+		return []metrics.TCPLabels{l}
+	}
+	d := l
+	d.Reporter = "destination"
+	return []metrics.TCPLabels{l, d}
 }

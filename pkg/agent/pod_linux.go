@@ -15,6 +15,7 @@ import (
 	"github.com/hms-node/hms-node/pkg/agent/health"
 	"github.com/hms-node/hms-node/pkg/agent/l4"
 	"github.com/hms-node/hms-node/pkg/agent/l7"
+	"github.com/hms-node/hms-node/pkg/agent/metrics"
 	"github.com/hms-node/hms-node/pkg/agent/netns"
 	"github.com/hms-node/hms-node/pkg/datapath"
 	mtls "github.com/hms-node/hms-node/pkg/tls"
@@ -215,10 +216,14 @@ func (a *Agent) serveOutbound(p *pod, c *net.TCPConn) {
 	}
 	// A mesh pod's IP:port is a call to that instance: in-process on this
 	// node, in a tunnel to another (dialEndpoint); anything else passes
-	// through, dialled from inside the pod.
+	// through, dialled from inside the pod, and is left out of the TCP
+	// metrics: its destinations are any address, not a bounded set.
 	var up net.Conn
+	var labels []metrics.TCPLabels
 	if ns, svc, ok := a.meshInstance(dst); ok {
-		up, err = a.dialEndpoint(p, dst, ns, svc, c)
+		var local *pod
+		up, local, err = a.dialEndpoint(p, dst, ns, svc, c)
+		labels = a.tcpLabels(p, ns, svc, local)
 	} else {
 		up, err = p.dialer.DialContext(context.Background(), "tcp", dst.String())
 	}
@@ -228,7 +233,7 @@ func (a *Agent) serveOutbound(p *pod, c *net.TCPConn) {
 		return
 	}
 	defer up.Close()
-	l4.Pipe(c, up)
+	a.pipeTCP(c, up, labels...)
 }
 
 // serveInbound delivers a connection sk_lookup steered to 15006 to the
@@ -256,7 +261,10 @@ func (a *Agent) serveInbound(p *pod, c *net.TCPConn) {
 		return
 	}
 	defer up.Close()
-	l4.Pipe(c, up)
+	// Plaintext tells nothing of the caller (Istio's "unknown"), and no
+	// certificate was presented for the destination either.
+	a.pipeTCP(c, up, metrics.TCPLabels{Reporter: "destination",
+		DestinationService: p.spec.Namespace + "/" + p.spec.Service, SecurityPolicy: "none"})
 }
 
 // meshInstance names the service of the mesh instance at dst: a pod of

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // bufSize is the copy buffer per direction. It also bounds what the relay
@@ -57,6 +58,15 @@ func (p *pipe) abort(err error) {
 	})
 }
 
+// Counts are the bytes one Pipe has copied in each direction so far. They
+// may be read while the Pipe runs (a periodic metrics flush) and are final
+// once it returns.
+type Counts struct {
+	AToB atomic.Int64
+	_    [56]byte // the two copy goroutines each write their own cache line
+	BToA atomic.Int64
+}
+
 // Pipe copies both directions between a and b until both are done. When one
 // side's reads end (EOF), the other side is half-closed (CloseWrite), so the
 // peer sees EOF and can still answer; a side that cannot half-close is
@@ -64,68 +74,75 @@ func (p *pipe) abort(err error) {
 // closes a and b before it returns. It returns the bytes copied a->b and
 // b->a and the first error other than EOF.
 func Pipe(a, b net.Conn) (aToB, bToA int64, err error) {
+	var n Counts
+	err = PipeCounts(a, b, &n)
+	return n.AToB.Load(), n.BToA.Load(), err
+}
+
+// PipeCounts is Pipe keeping its byte counts in n as it goes: the copy
+// loop adds each write's count (one atomic add per chunk of up to 64 KiB,
+// which it counted anyway), so readers see progress while the connection
+// lasts.
+func PipeCounts(a, b net.Conn, n *Counts) error {
 	p := &pipe{a: a, b: b}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		aToB = p.copyAToB()
+		p.copyAToB(&n.AToB)
 	}()
-	bToA = p.copyBToA()
+	p.copyBToA(&n.BToA)
 	wg.Wait()
 	a.Close()
 	b.Close()
-	return aToB, bToA, p.err
+	return p.err
 }
 
 // copyAToB and copyBToA are separate named functions so that goroutine
 // dumps of a busy proxy say which way each copy runs.
-func (p *pipe) copyAToB() int64 { return p.copyDir(p.b, p.a, "a->b") }
+func (p *pipe) copyAToB(n *atomic.Int64) { p.copyDir(p.b, p.a, n, "a->b") }
 
-func (p *pipe) copyBToA() int64 { return p.copyDir(p.a, p.b, "b->a") }
+func (p *pipe) copyBToA(n *atomic.Int64) { p.copyDir(p.a, p.b, n, "b->a") }
 
 // copyDir copies src to dst until src ends, then half-closes dst.
-func (p *pipe) copyDir(dst, src net.Conn, dir string) int64 {
+func (p *pipe) copyDir(dst, src net.Conn, n *atomic.Int64, dir string) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
-	n, err := copyLoop(writerOnly{dst}, readerOnly{src}, *bp)
-	if err != nil {
+	if err := copyLoop(writerOnly{dst}, readerOnly{src}, *bp, n); err != nil {
 		p.abort(fmt.Errorf("%s: %w", dir, err))
-		return n
+		return
 	}
 	cw, ok := dst.(closeWriter)
 	if !ok {
 		p.abort(nil)
-		return n
+		return
 	}
 	if err := cw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
 		p.abort(fmt.Errorf("%s: close write: %w", dir, err))
 	}
-	return n
 }
 
 // copyLoop copies src to dst with buf until src returns io.EOF (a nil
-// error) or either side fails. It is the only copy in this package and sees
-// nothing but Read and Write.
-func copyLoop(dst io.Writer, src io.Reader, buf []byte) (int64, error) {
-	var n int64
+// error) or either side fails, adding what it wrote to n. It is the only
+// copy in this package and sees nothing but Read and Write.
+func copyLoop(dst io.Writer, src io.Reader, buf []byte, n *atomic.Int64) error {
 	for {
 		nr, rerr := src.Read(buf)
 		if nr > 0 {
 			nw, werr := dst.Write(buf[:nr])
-			n += int64(nw)
+			n.Add(int64(nw))
 			if werr != nil {
-				return n, fmt.Errorf("write: %w", werr)
+				return fmt.Errorf("write: %w", werr)
 			}
 			if nw != nr {
-				return n, fmt.Errorf("write: %w", io.ErrShortWrite)
+				return fmt.Errorf("write: %w", io.ErrShortWrite)
 			}
 		}
 		if rerr == io.EOF {
-			return n, nil
+			return nil
 		}
 		if rerr != nil {
-			return n, fmt.Errorf("read: %w", rerr)
+			return fmt.Errorf("read: %w", rerr)
 		}
 	}
 }

