@@ -27,6 +27,7 @@ func main() {
 	root.AddCommand(cniCmd())
 	root.AddCommand(curlCmd())
 	root.AddCommand(doctorCmd(), dashboardCmd())
+	root.AddCommand(limitCmd(), routeCmd(), tapCmd(), tailCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "hms-node:", err)
 		os.Exit(1)

@@ -193,11 +193,12 @@ func TestPrivilegedTimeoutAndRouteOverride(t *testing.T) {
 	}
 }
 
-// mesh.rate_limit: 50rps under 200 rps offered from two client nodes:
-// about 50 rps accepted, the rest 429 with Retry-After.
+// `limit set limited-svc 50rps` under 200 rps offered from two client
+// nodes: about 50 rps accepted, the rest 429 with Retry-After.
+// (mesh.rate_limit stays in the dashboard test's manifest.)
 func TestPrivilegedRateLimitAcrossClients(t *testing.T) {
 	m := newTwoNodes(t)
-	m.control.apply("name: limited-svc\nport: 7000\nprotocol: http\nmesh: {rate_limit: 50rps}\n")
+	m.control.apply("name: limited-svc\nport: 7000\nprotocol: http\n")
 	c1, c2 := m.n1.MustAddPod(t, "client-1"), m.n2.MustAddPod(t, "client-2")
 	srv := m.n2.MustAddPod(t, "limited")
 	startServer(t, srv, 7000, testApp, "http", "--addr", ":7000", "--body", "limited")
@@ -210,7 +211,15 @@ func TestPrivilegedRateLimitAcrossClients(t *testing.T) {
 		_, e2 := m.curlByName(t, c2, "http://limited-svc.svc/")
 		return e1 == nil && e2 == nil
 	})
-	time.Sleep(time.Second) // let the bucket refill after the warm-up calls
+	if out, err := m.control.cli("limit", "set", "limited-svc", "50rps"); err != nil || !strings.Contains(out, "set to 50 rps") {
+		t.Fatalf("limit set: %v\n%s", err, out)
+	}
+	// The limit reaches the callee's agent as a registry delta after the
+	// CLI returns: wait until a probe far above 50 rps is refused in part.
+	waitFor(t, 10*time.Second, "the limit to apply", func() bool {
+		return m.load(t, c1, "http://limited-svc.svc/probe", 300, 8, 300*time.Millisecond).Codes["429"] > 0
+	})
+	time.Sleep(time.Second) // let the bucket refill after the probes
 	const secs = 6
 	before := appCount(t, srv, 7000)
 	results := make(chan testapp.LoadResult, 2)

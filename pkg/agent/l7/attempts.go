@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/hms-node/hms-node/pkg/agent/registry"
 	"github.com/hms-node/hms-node/pkg/agent/resilience"
 )
 
@@ -79,7 +80,7 @@ func (at *attempts) RoundTrip(req *http.Request) (*http.Response, error) {
 		case err != nil:
 			done(err, latency)
 		case resp.StatusCode >= 500:
-			done(Err5xx, latency)
+			done(registry.ErrServerError, latency) // consecutive ones eject the endpoint
 		default:
 			done(nil, latency)
 			return resp, nil

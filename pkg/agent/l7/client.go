@@ -2,7 +2,6 @@ package l7
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -85,10 +84,6 @@ type ConnectError struct{ Err error }
 
 func (e *ConnectError) Error() string { return "connect: " + e.Err.Error() }
 func (e *ConnectError) Unwrap() error { return e.Err }
-
-// Err5xx is what an attempt answered 5xx reports to the balancer, so
-// consecutive server errors eject an endpoint like connect failures do.
-var Err5xx = errors.New("l7: endpoint answered 5xx")
 
 // Client is the calling side of the L7 proxy, shared by a node's pods.
 type Client struct {

@@ -19,7 +19,8 @@ type endpoint struct {
 	sampled    atomic.Int64   // clock value of the last latency sample
 	addr       netip.AddrPort // invalid when the instance's ip/port are
 	node       string
-	failures   atomic.Int32 // consecutive connect failures
+	strikes    atomic.Int32 // consecutive server errors
+	ejections  atomic.Int32 // consecutive ejections, for the backoff
 	idx        int32        // position in b.eps
 	hidx       int32        // position in b.healthy, -1 when not there
 

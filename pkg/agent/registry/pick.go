@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"errors"
 	"math"
 	"math/rand/v2"
 	"net/netip"
@@ -9,11 +10,18 @@ import (
 	"github.com/hms-node/hms-node/pkg/api"
 )
 
-// Passive ejection after connect failures, and how latency estimates age.
+// Outlier ejection (passive health), and how latency estimates age.
 const (
-	ejectBase   = time.Second
-	ejectMax    = 30 * time.Second
-	ewmaWeightN = 3 // new sample weight, in tenths
+	ejectBase = time.Second
+	ejectMax  = 30 * time.Second
+	// consecutiveServerErrors 5xx answers in a row eject an endpoint (Envoy's
+	// consecutive_5xx); one failed connect is enough, nothing listens there.
+	consecutiveServerErrors = 5
+	// maxEjectedPercent caps the endpoints of a service ejected at once (at
+	// least one, never all), so a service-wide failure is left to the circuit
+	// breaker and the retry budget instead of emptying the pool.
+	maxEjectedPercent = 50
+	ewmaWeightN       = 3 // new sample weight, in tenths
 	// An estimate decays toward zero with the time since its last sample
 	// (Linkerd's peak-EWMA decay), so an endpoint that keeps losing the
 	// comparison is tried again and re-measured instead of starving.
@@ -24,6 +32,10 @@ const (
 	unmeasuredRTT = time.Microsecond
 )
 
+// ErrServerError is what done is given for an answer that was a server
+// error (5xx): it counts toward ejection, but only consecutive ones eject.
+var ErrServerError = errors.New("registry: endpoint answered a server error")
+
 // Pick chooses a healthy endpoint of svc by power of two choices: two
 // random candidates, the one with the lower (outstanding+1)×EWMA-latency
 // wins; an endpoint not measured yet is assumed fast, so it is tried first. Endpoints in exclude (already tried) and passively ejected ones
@@ -31,10 +43,13 @@ const (
 // ejection ends first is tried anyway (like Envoy's panic threshold) rather
 // than failing the call. ok is false when svc has no healthy endpoint left.
 //
-// done must be called exactly once when the connection ends: err != nil
-// means the connect failed, which ejects the endpoint for 1s, doubling per
-// consecutive failure up to 30s; a success resets that and feeds latency
-// (0 = not measured) into the EWMA.
+// done must be called exactly once when the connection or request ends:
+// a failed connect (any err but ErrServerError) ejects the endpoint, and so
+// do consecutiveServerErrors ErrServerErrors in a row; an ejection lasts
+// 1s, doubling per consecutive ejection up to 30s, and at most
+// maxEjectedPercent of a service's endpoints (never all) are ejected at
+// once. A success resets the counts and feeds latency (0 = not measured)
+// into the EWMA.
 func (t *Table) Pick(svc *api.Service, exclude ...netip.AddrPort) (ep netip.AddrPort, node string, done func(err error, latency time.Duration), ok bool) {
 	if svc == nil {
 		return netip.AddrPort{}, "", nil, false
@@ -152,16 +167,17 @@ func cost(e *endpoint, now int64) float64 {
 func (t *Table) release(e *endpoint, err error, latency time.Duration) {
 	e.active.Add(-1)
 	if err != nil {
-		f := e.failures.Add(1)
-		backoff := ejectMax
-		if f <= 5 { // 1s<<5 = 32s > 30s
-			backoff = min(ejectBase<<(f-1), ejectMax)
+		if errors.Is(err, ErrServerError) && e.strikes.Add(1) < consecutiveServerErrors {
+			return
 		}
-		e.ejectUntil.Store(t.clock() + int64(backoff))
+		t.eject(e)
 		return
 	}
-	if e.failures.Load() != 0 {
-		e.failures.Store(0)
+	if e.strikes.Load() != 0 {
+		e.strikes.Store(0)
+	}
+	if e.ejections.Load() != 0 {
+		e.ejections.Store(0)
 	}
 	if e.ejectUntil.Load() != 0 {
 		e.ejectUntil.Store(0)
@@ -176,4 +192,44 @@ func (t *Table) release(e *endpoint, err error, latency time.Duration) {
 		e.ewma.Store(next)
 		e.sampled.Store(t.clock())
 	}
+}
+
+// eject takes e out of load balancing for its backoff, unless that would
+// exceed the service's ejection cap. Failures are rare next to successes,
+// so the write lock (which makes the cap exact) costs little.
+func (t *Table) eject(e *endpoint) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := t.clock()
+	if until := e.ejectUntil.Load(); (until == 0 || until <= now) && !t.mayEjectLocked(e, now) {
+		return // strikes stay at the threshold: the next failure asks again
+	}
+	e.strikes.Store(0)
+	f := e.ejections.Add(1)
+	backoff := ejectMax
+	if f <= 5 { // 1s<<5 = 32s > 30s
+		backoff = min(ejectBase<<(f-1), ejectMax)
+	}
+	e.ejectUntil.Store(now + int64(backoff))
+}
+
+// mayEjectLocked reports whether one more of e's service's endpoints may
+// be ejected now.
+func (t *Table) mayEjectLocked(e *endpoint, now int64) bool {
+	b := e.b
+	if b == nil || e.hidx < 0 {
+		return true // not pickable anyway
+	}
+	n := len(b.healthy)
+	limit := max(1, n*maxEjectedPercent/100)
+	if limit >= n {
+		limit = n - 1
+	}
+	ejected := 0
+	for _, o := range b.healthy {
+		if o != e && o.ejectUntil.Load() > now {
+			ejected++
+		}
+	}
+	return ejected < limit
 }

@@ -187,7 +187,8 @@ func TestPickEjectsAfterConnectFailure(t *testing.T) {
 	if !probe(false) {
 		t.Fatal("backoff not reset by a success")
 	}
-	// When every endpoint is ejected, the one ejected first is still tried.
+	// The cap: with bad ejected, good (the other half of two) is not
+	// ejected by a failure, so the pool is never empty.
 	fail()
 	advance(10 * time.Millisecond)
 	ep, _, done, _ := tb.Pick(web, bad)
@@ -195,8 +196,12 @@ func TestPickEjectsAfterConnectFailure(t *testing.T) {
 	if ep != good {
 		t.Fatalf("forced pick of good = %v", ep)
 	}
-	if ep, _, _, ok := tb.Pick(web); !ok || ep != bad {
-		t.Fatalf("panic fallback = %v %v, want the endpoint ejected first", ep, ok)
+	for range 50 {
+		if ep, _, done, ok := tb.Pick(web); !ok || ep != good {
+			t.Fatalf("pick with bad ejected = %v %v, want good (not ejected: cap)", ep, ok)
+		} else {
+			done(nil, 0)
+		}
 	}
 	if _, _, _, ok := tb.Pick(web, good, bad); ok {
 		t.Fatal("picked with every endpoint excluded")
@@ -256,5 +261,99 @@ func TestConcurrentLookupsAndUpdates(t *testing.T) {
 	wg.Wait()
 	if tb.Revision() != 499 {
 		t.Fatalf("revision %d", tb.Revision())
+	}
+}
+
+func TestPickEjectsAfterConsecutiveServerErrorsWithCap(t *testing.T) {
+	eps := []netip.AddrPort{ap("10.0.0.1:8080"), ap("10.0.0.2:8080"), ap("10.0.0.3:8080"), ap("10.0.0.4:8080")}
+	tb, web, now := pickTable(t,
+		inst("", "web", "n1", "10.0.0.1", 8080, true),
+		inst("", "web", "n2", "10.0.0.2", 8080, true),
+		inst("", "web", "n3", "10.0.0.3", 8080, true),
+		inst("", "web", "n4", "10.0.0.4", 8080, true))
+	// answer forces a pick of eps[i] and ends it with err.
+	answer := func(i int, err error) {
+		t.Helper()
+		var others []netip.AddrPort
+		for j, e := range eps {
+			if j != i {
+				others = append(others, e)
+			}
+		}
+		ep, _, done, ok := tb.Pick(web, others...)
+		if !ok || ep != eps[i] {
+			t.Fatalf("forced pick of %v = %v %v", eps[i], ep, ok)
+		}
+		done(err, time.Millisecond)
+	}
+	picked := func(i int) bool {
+		for range 400 {
+			ep, _, done, _ := tb.Pick(web)
+			done(nil, time.Millisecond)
+			if ep == eps[i] {
+				return true
+			}
+		}
+		return false
+	}
+	// Four 5xx in a row do not eject; a success in between resets the count.
+	for range 4 {
+		answer(0, ErrServerError)
+	}
+	answer(0, nil)
+	for range 4 {
+		answer(0, ErrServerError)
+	}
+	if !picked(0) {
+		t.Fatal("ejected before 5 consecutive server errors")
+	}
+	// picked(0) ended with successes: five in a row now eject it.
+	for range 5 {
+		answer(0, ErrServerError)
+	}
+	if picked(0) {
+		t.Fatal("not ejected after 5 consecutive server errors")
+	}
+	// Cap: 50% of 4 = 2 ejected at once. A second endpoint is ejected, a
+	// third is not, however often it fails.
+	answer(1, errors.New("refused"))
+	for range 20 {
+		answer(2, ErrServerError)
+	}
+	answer(2, errors.New("refused"))
+	if picked(1) {
+		t.Fatal("second endpoint not ejected")
+	}
+	if !picked(2) {
+		t.Fatal("third endpoint ejected: the cap (2 of 4) was not applied")
+	}
+	// Once an ejection ends, the slot is free again.
+	*now += int64(time.Second)
+	for range 5 {
+		answer(3, ErrServerError)
+	}
+	if picked(3) {
+		t.Fatal("not ejected after the earlier ejections ended")
+	}
+}
+
+func TestPickPanicFallbackWhenOnlyEjectedRemain(t *testing.T) {
+	bad, other := ap("10.0.0.2:8080"), ap("10.0.0.3:8080")
+	tb, web, _ := pickTable(t,
+		inst("", "web", "n1", "10.0.0.1", 8080, true),
+		inst("", "web", "n2", "10.0.0.2", 8080, true),
+		inst("", "web", "n3", "10.0.0.3", 8080, true))
+	ep, _, done, _ := tb.Pick(web, ap("10.0.0.1:8080"), other)
+	done(errors.New("refused"), 0)
+	if ep != bad {
+		t.Fatalf("forced pick = %v", ep)
+	}
+	// n1 leaves the healthy set; excluding n3, only the ejected bad remains
+	// and is tried rather than failing the call.
+	tb.ApplyDelta(&api.Delta{Revision: 2, Changes: []*api.Change{
+		change("/hms/v1/instances/default/web/n1/a", inst("", "web", "n1", "10.0.0.1", 8080, false)),
+	}})
+	if ep, _, _, ok := tb.Pick(web, other); !ok || ep != bad {
+		t.Fatalf("panic fallback = %v %v, want the ejected endpoint", ep, ok)
 	}
 }
