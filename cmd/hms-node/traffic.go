@@ -1,21 +1,19 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
-	"gopkg.in/yaml.v3"
 
 	"github.com/hms-node/hms-node/pkg/api"
 	"github.com/hms-node/hms-node/pkg/manifest"
 )
 
 // The traffic-rule verbs (DESIGN §3, §7): `limit set|clear` and `route
-// set`. Their values are checked by the manifest's own parser, so the CLI
-// accepts exactly what mesh.rate_limit and mesh.routes accept.
+// set`. Rates and timeouts are read by the manifest's own parsers, so the
+// CLI accepts what mesh.rate_limit and mesh.routes accept; the control
+// plane checks the rest (path, retries) as it does for every route.
 
 func limitCmd() *cobra.Command {
 	cmd := &cobra.Command{
@@ -39,7 +37,7 @@ func limitSetCmd() *cobra.Command {
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			svc, what := args[0], "limit set "+args[0]
-			rps, err := parseRate(args[1])
+			rps, err := manifest.ParseRate(args[1])
 			if err != nil {
 				return fmt.Errorf("%s: %w", what, err)
 			}
@@ -113,16 +111,16 @@ func routeSetCmd() *cobra.Command {
 			if !cmd.Flags().Changed("timeout") && !cmd.Flags().Changed("retries") {
 				return fmt.Errorf("%s: a route must set a timeout or retries: give --timeout D (e.g. 800ms) or --retries N (1..10)", what)
 			}
-			rule := map[string]any{"path": path}
+			if retries < 0 {
+				return fmt.Errorf("%s: --retries %d: give 0..10", what, retries)
+			}
+			rt := &api.Route{Namespace: ns, Service: svc, Path: path, Retries: uint32(retries)}
 			if cmd.Flags().Changed("timeout") {
-				rule["timeout"] = timeout
-			}
-			if cmd.Flags().Changed("retries") {
-				rule["retries"] = retries
-			}
-			rt, err := parseRoute(rule)
-			if err != nil {
-				return fmt.Errorf("%s: %w", what, err)
+				ms, err := manifest.ParseTimeout(timeout)
+				if err != nil {
+					return fmt.Errorf("%s: --timeout: %w", what, err)
+				}
+				rt.TimeoutMs = ms
 			}
 			if rt.TimeoutMs == 0 && rt.Retries == 0 {
 				return fmt.Errorf("%s: route %s sets neither a timeout nor retries: give --timeout D or --retries N (1..10); "+
@@ -133,8 +131,7 @@ func routeSetCmd() *cobra.Command {
 				return err
 			}
 			defer done()
-			resp, err := c.registry.SetRoute(ctx, &api.SetRouteRequest{Route: &api.Route{Namespace: ns, Service: svc,
-				Path: rt.Path, TimeoutMs: rt.TimeoutMs, Retries: rt.Retries}})
+			resp, err := c.registry.SetRoute(ctx, &api.SetRouteRequest{Route: rt})
 			if err != nil {
 				return rpcError(what, err)
 			}
@@ -164,50 +161,4 @@ func routeSummary(r *api.Route) string {
 		retries = fmt.Sprintf("retries %d", r.GetRetries())
 	}
 	return timeout + ", " + retries
-}
-
-// parseRate reads a rate as the manifest's mesh.rate_limit does (50rps).
-func parseRate(rate string) (float64, error) {
-	m, err := parseMesh(map[string]any{"rate_limit": rate})
-	if err != nil {
-		return 0, err
-	}
-	return m.GetRateLimitRps(), nil
-}
-
-// parseRoute reads a route as one entry of the manifest's mesh.routes.
-func parseRoute(rule map[string]any) (*api.RouteRule, error) {
-	m, err := parseMesh(map[string]any{"routes": []any{rule}})
-	if err != nil {
-		return nil, err
-	}
-	if len(m.GetRoutes()) != 1 {
-		return nil, errors.New("route not understood")
-	}
-	return m.GetRoutes()[0], nil
-}
-
-// parseMesh runs the manifest parser on a one-service document holding
-// mesh, so a value means here what it means in a manifest. The parser's
-// first message is returned, named by the flag it came from (the file,
-// line and document path would mean nothing on a command line).
-func parseMesh(mesh map[string]any) (*api.MeshPolicy, error) {
-	doc, err := yaml.Marshal(map[string]any{"name": "cli", "port": 1, "mesh": mesh})
-	if err != nil {
-		return nil, err
-	}
-	svcs, err := manifest.Parse("command line", doc)
-	var errs manifest.Errors
-	if errors.As(err, &errs) && len(errs) > 0 {
-		e := errs[0]
-		switch field := e.Field[strings.LastIndexByte(e.Field, '.')+1:]; field {
-		case "path", "timeout", "retries":
-			return nil, fmt.Errorf("--%s: %s", field, e.Msg)
-		}
-		return nil, errors.New(e.Msg)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return svcs[0].GetMesh(), nil
 }

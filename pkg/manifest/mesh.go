@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"fmt"
 	"math"
 	"regexp"
 	"strconv"
@@ -83,6 +84,13 @@ func (p *parser) timeout(f field) (int64, bool) {
 	return d.Milliseconds(), ok
 }
 
+// ParseTimeout reads a request timeout as mesh.timeout and mesh.routes
+// write it (800ms, 3s), in milliseconds, for the CLI's `route set`.
+func ParseTimeout(s string) (int64, error) {
+	d, err := parseDuration(s, time.Millisecond)
+	return d.Milliseconds(), err
+}
+
 func (p *parser) breaker(f field) *api.CircuitBreaker {
 	cb := &api.CircuitBreaker{}
 	set := map[string]bool{}
@@ -116,16 +124,26 @@ func (p *parser) rate(f field) (float64, bool) {
 	if !ok {
 		return 0, false
 	}
+	v, err := ParseRate(s)
+	if err != nil {
+		p.errorAt(f.line, f.path, "%v", err)
+		return 0, false
+	}
+	return v, true
+}
+
+// ParseRate reads a rate limit as mesh.rate_limit is written (50rps), for
+// the CLI's `limit set`.
+func ParseRate(s string) (float64, error) {
 	m := rateRE.FindStringSubmatch(s)
 	var v float64
 	if m != nil {
 		v, _ = strconv.ParseFloat(m[1], 64)
 	}
 	if m == nil || v <= 0 || v > 1e9 {
-		p.errorAt(f.line, f.path, "%s is not a rate: write requests per second, greater than 0, such as 50rps", show(s))
-		return 0, false
+		return 0, fmt.Errorf("%s is not a rate: write requests per second, greater than 0, such as 50rps", show(s))
 	}
-	return v, true
+	return v, nil
 }
 
 func (p *parser) routes(f field) []*api.RouteRule {

@@ -213,16 +213,23 @@ func (p *parser) duration(f field, lo time.Duration) (time.Duration, bool) {
 		p.wrongType(f, "a duration such as 800ms or 2s")
 		return 0, false
 	}
-	d, err := time.ParseDuration(f.v.Value)
+	d, err := parseDuration(f.v.Value, lo)
 	if err != nil {
-		p.errorAt(f.line, f.path, "%s is not a duration (examples: 800ms, 2s, 1m)", show(f.v.Value))
-		return 0, false
-	}
-	if d < lo {
-		p.errorAt(f.line, f.path, "%s is too short: must be at least %v", show(f.v.Value), lo)
+		p.errorAt(f.line, f.path, "%v", err)
 		return 0, false
 	}
 	return d, true
+}
+
+func parseDuration(s string, lo time.Duration) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%s is not a duration (examples: 800ms, 2s, 1m)", show(s))
+	}
+	if d < lo {
+		return 0, fmt.Errorf("%s is too short: must be at least %v", show(s), lo)
+	}
+	return d, nil
 }
 
 func (p *parser) boolean(f field) (bool, bool) {
