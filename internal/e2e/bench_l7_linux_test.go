@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -75,10 +74,8 @@ func BenchmarkPrivilegedL7(b *testing.B) {
 	maxSecs := envInt("HMS_BENCH_MAX_SECONDS", 15)
 	res := runL7Rounds(b, paths, rounds, secs, maxSecs)
 	printL7Table(res, rounds, secs, maxSecs)
-	if os.Getenv("HMS_BENCH_PERF") != "0" {
-		for _, name := range []string{"l4", "l7"} {
-			profileL7(b, paths[name], a1.cmd.Process.Pid, "agent n1 (client side), "+name+" path")
-		}
+	for _, name := range []string{"l4", "l7"} {
+		profileAgent(b, paths[name], a1.cmd.Process.Pid, "agent n1 (client side), "+name+" path")
 	}
 }
 

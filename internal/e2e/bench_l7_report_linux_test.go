@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -132,60 +130,4 @@ func scrapeRequests(b *testing.B, addr, svc string) float64 {
 		}
 	}
 	return n
-}
-
-// profileL7 samples the agent with perf (cpu-clock, call graphs by frame
-// pointer) for 10 s of the fixed-rate load on p, and prints where its
-// samples fall: kernel or agent binary, then the agent's hottest Go
-// functions by self and by inclusive time. It prints a note instead when
-// perf is missing or refuses.
-func profileL7(b *testing.B, p *mtlsPath, pid int, what string) {
-	b.Helper()
-	perf, err := exec.LookPath("perf")
-	if err != nil {
-		fmt.Println("\nagent CPU profile: skipped (perf not installed)")
-		return
-	}
-	data := filepath.Join(b.TempDir(), "perf.data")
-	wait := startFortio(ctxT(b, 2*time.Minute), b, p.client, "-qps", "1000", "-c", "4", "-t", "14s", p.url)
-	time.Sleep(2 * time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, perf, "record", "-e", "cpu-clock", "-F", "999", "-g", "-p", fmt.Sprint(pid),
-		"-o", data, "--", "sleep", "10").CombinedOutput()
-	wait()
-	if err != nil {
-		fmt.Printf("\nagent CPU profile: skipped, perf record failed: %v\n%s\n", err, tail(string(out), 500))
-		return
-	}
-	report := func(title string, limit int, args ...string) {
-		argv := append([]string{"report", "-i", data, "--stdio", "-g", "none", "--percent-limit", "0.5"}, args...)
-		out, err := exec.CommandContext(ctx, perf, argv...).CombinedOutput()
-		if err != nil {
-			fmt.Printf("perf report %v: %v\n", args, err)
-			return
-		}
-		fmt.Println(title)
-		n := 0
-		for _, l := range strings.Split(string(out), "\n") {
-			l = strings.TrimSuffix(strings.Join(strings.Fields(l), " "), " - -") // perf pads and adds empty IPC columns
-			if l == "" || strings.HasPrefix(l, "#") || n >= limit || profileFrame(l) {
-				continue
-			}
-			fmt.Println("  " + l)
-			n++
-		}
-	}
-	fmt.Printf("\nCPU profile of %s under 1000 qps: perf cpu-clock 999 Hz for 10 s\n", what)
-	report("share by object:", 8, "--no-children", "--sort", "dso")
-	report("hms-node functions, self time (share of the agent's user-space samples):", 20,
-		"--no-children", "--sort", "symbol", "--dsos", "hms-node", "--percentage", "relative")
-	report("hms-node functions, inclusive time (share of all samples):", 25,
-		"--children", "--sort", "symbol", "--dsos", "hms-node")
-}
-
-// profileFrame reports whether a perf line is a goroutine's entry frame,
-// which every sample below it shares and so names nothing.
-func profileFrame(l string) bool {
-	return strings.HasSuffix(l, "runtime.goexit.abi0") || strings.HasSuffix(l, "runtime.mcall") || strings.Contains(l, ".gowrap")
 }

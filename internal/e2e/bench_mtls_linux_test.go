@@ -109,7 +109,7 @@ func BenchmarkPrivilegedMTLS(b *testing.B) {
 		}
 	}
 	printMTLSTable(res, rounds, secs, bulkBytes)
-	profileAgent(b, paths[1], a1.cmd.Process.Pid)
+	profileAgent(b, paths[1], a1.cmd.Process.Pid, "agent n1 (client side), hms-node path")
 }
 
 // fortioRound runs fortio at 1000 qps over 4 keep-alive connections for
@@ -153,10 +153,13 @@ func bulkOnce(b *testing.B, p *mtlsPath, n int64) float64 {
 	return r.MBps
 }
 
-// profileAgent samples the client-side agent with perf for 10 s of the
-// same load and prints its hottest functions; it skips with a note when
-// perf is missing or refuses (HMS_BENCH_PERF=0 turns it off).
-func profileAgent(b *testing.B, p *mtlsPath, pid int) {
+// profileAgent samples an agent with perf (cpu-clock, call graphs by frame
+// pointer) for 10 s of the fixed-rate load on p, and prints where its
+// samples fall: kernel or agent binary, then the agent's hottest Go
+// functions by self and by inclusive time. It prints a note instead when
+// perf is missing or refuses, or HMS_BENCH_PERF=0.
+func profileAgent(b *testing.B, p *mtlsPath, pid int, what string) {
+	b.Helper()
 	perf, err := exec.LookPath("perf")
 	if err != nil || os.Getenv("HMS_BENCH_PERF") == "0" {
 		fmt.Println("\nagent CPU profile: skipped (perf not installed or HMS_BENCH_PERF=0)")
@@ -165,26 +168,43 @@ func profileAgent(b *testing.B, p *mtlsPath, pid int) {
 	data := filepath.Join(b.TempDir(), "perf.data")
 	wait := startFortio(ctxT(b, 2*time.Minute), b, p.client, "-qps", "1000", "-c", "4", "-t", "14s", p.url)
 	time.Sleep(2 * time.Second)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if out, err := exec.CommandContext(ctx, perf, "record", "-F", "499", "-g", "-p", fmt.Sprint(pid), "-o", data, "--", "sleep", "10").CombinedOutput(); err != nil {
-		wait()
+	out, err := exec.CommandContext(ctx, perf, "record", "-e", "cpu-clock", "-F", "999", "-g", "-p", fmt.Sprint(pid),
+		"-o", data, "--", "sleep", "10").CombinedOutput()
+	wait()
+	if err != nil {
 		fmt.Printf("\nagent CPU profile: skipped, perf record failed: %v\n%s\n", err, tail(string(out), 500))
 		return
 	}
-	wait()
-	out, err := exec.CommandContext(ctx, perf, "report", "-i", data, "--stdio", "--no-children", "-g", "none",
-		"--sort", "symbol", "--percent-limit", "1").CombinedOutput()
-	if err != nil {
-		fmt.Printf("\nagent CPU profile: perf report failed: %v\n", err)
-		return
-	}
-	fmt.Println("\nClient-side agent (n1) under 1000 qps, perf 499 Hz for 10 s, self time ≥ 1%:")
-	n := 0
-	for _, l := range strings.Split(string(out), "\n") {
-		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") && n < 30 {
+	report := func(title string, limit int, args ...string) {
+		argv := append([]string{"report", "-i", data, "--stdio", "-g", "none", "--percent-limit", "0.5"}, args...)
+		out, err := exec.CommandContext(ctx, perf, argv...).CombinedOutput()
+		if err != nil {
+			fmt.Printf("perf report %v: %v\n", args, err)
+			return
+		}
+		fmt.Println(title)
+		n := 0
+		for _, l := range strings.Split(string(out), "\n") {
+			l = strings.TrimSuffix(strings.Join(strings.Fields(l), " "), " - -") // perf pads and adds empty IPC columns
+			if l == "" || strings.HasPrefix(l, "#") || n >= limit || profileFrame(l) {
+				continue
+			}
 			fmt.Println("  " + l)
 			n++
 		}
 	}
+	fmt.Printf("\nCPU profile of %s under 1000 qps: perf cpu-clock 999 Hz for 10 s\n", what)
+	report("share by object:", 8, "--no-children", "--sort", "dso")
+	report("hms-node functions, self time (share of the agent's user-space samples):", 20,
+		"--no-children", "--sort", "symbol", "--dsos", "hms-node", "--percentage", "relative")
+	report("hms-node functions, inclusive time (share of all samples):", 25,
+		"--children", "--sort", "symbol", "--dsos", "hms-node")
+}
+
+// profileFrame reports whether a perf line is a goroutine's entry frame,
+// which every sample below it shares and so names nothing.
+func profileFrame(l string) bool {
+	return strings.HasSuffix(l, "runtime.goexit.abi0") || strings.HasSuffix(l, "runtime.mcall") || strings.Contains(l, ".gowrap")
 }
