@@ -70,8 +70,18 @@ func (m *twoNodes) httpService(t *testing.T, svc, body string) (client, srv *tes
 	m.a1.enroll(client, "client")
 	m.a2.enroll(srv, svc, 7000)
 	waitFor(t, 10*time.Second, svc+" healthy", func() bool { return m.control.healthyInstances(svc) == 1 })
-	waitFor(t, 10*time.Second, "a call by name", func() bool { _, err := m.curlByName(t, client, "http://"+svc+".svc/"); return err == nil })
+	m.waitCallByName(t, client, "http://"+svc+".svc/")
 	return client, srv
+}
+
+// waitCallByName waits until a call by name reaches a test app (its reply
+// names the path), not merely until curl gets some HTTP answer.
+func (m *twoNodes) waitCallByName(t *testing.T, client *testbed.Pod, url string) {
+	t.Helper()
+	waitFor(t, 10*time.Second, "a call to "+url, func() bool {
+		out, err := m.curlByName(t, client, url)
+		return err == nil && strings.Contains(out, " path=/")
+	})
 }
 
 // waitPort waits until a server in the pod accepts on port.
@@ -116,7 +126,7 @@ func TestPrivilegedHTTPInstanceKillNoFailedGET(t *testing.T) {
 	m.a2.enroll(pb, "notify-svc", 7000)
 	m.a2.enroll(pc, "notify-svc", 7000)
 	waitFor(t, 10*time.Second, "three healthy instances", func() bool { return m.control.healthyInstances("notify-svc") == 3 })
-	waitFor(t, 10*time.Second, "calls by name", func() bool { _, err := m.curlByName(t, client, "http://notify-svc.svc/"); return err == nil })
+	m.waitCallByName(t, client, "http://notify-svc.svc/")
 
 	go func() {
 		time.Sleep(2 * time.Second)
@@ -257,7 +267,7 @@ func TestPrivilegedRetryBudget(t *testing.T) {
 	}
 	m.a1.enroll(client, "client")
 	waitFor(t, 10*time.Second, "broken-svc healthy", func() bool { return m.control.healthyInstances("broken-svc") == 2 })
-	waitFor(t, 10*time.Second, "a call by name", func() bool { _, err := m.curlByName(t, client, "http://broken-svc.svc/"); return err == nil })
+	m.waitCallByName(t, client, "http://broken-svc.svc/")
 	appAdmin(t, p1, 7000, "/admin/fail?code=503")
 	appAdmin(t, p2, 7000, "/admin/fail?code=503")
 	before := appCount(t, p1, 7000) + appCount(t, p2, 7000)

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hms-node/hms-node/pkg/agent/hbone"
 	"github.com/hms-node/hms-node/pkg/agent/l4"
@@ -250,9 +251,9 @@ func (a *Agent) tunnelHTTP(ctx context.Context, p *pod, ns, svc string, ep netip
 }
 
 func (a *Agent) openTunnel(ctx context.Context, p *pod, ns, svc string, ep, client netip.AddrPort, protocol string) (net.Conn, error) {
-	r := p.identity.Load()
-	if r == nil || r.Certificate() == nil {
-		return nil, errors.New("this pod has no workload certificate yet")
+	r, err := p.awaitIdentity(ctx)
+	if err != nil {
+		return nil, err
 	}
 	k := hbone.Key{Src: r.ID, Dst: mtls.WorkloadID(a.ident.trustDomain, ns, svc), IP: ep.Addr()}
 	hdr := http.Header{}
@@ -262,6 +263,28 @@ func (a *Agent) openTunnel(ctx context.Context, p *pod, ns, svc string, ep, clie
 		hdr.Set(headerProtocol, protocol)
 	}
 	return p.pool.Connect(ctx, k, ep.String(), hdr)
+}
+
+// identityWait bounds how long a call waits for the pod's first workload
+// certificate: right after enrolment the CA is still confirming the pod's
+// instance, and a call then should be late, not failed.
+const identityWait = 5 * time.Second
+
+func (p *pod) awaitIdentity(ctx context.Context) (*mtls.Rotator, error) {
+	deadline := time.Now().Add(identityWait)
+	for {
+		if r := p.identity.Load(); r != nil && r.Certificate() != nil {
+			return r, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("this pod has no workload certificate after %s: see the agent log for why the CA refused it", identityWait)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // newTraceparent starts a W3C trace context for a connection.
