@@ -180,6 +180,8 @@ type Agent struct {
 	httpIn  *l7.Server // the called side
 
 	metrics *metrics.Metrics // served on MetricsAddr's /metrics
+
+	firstSync sync.Once // logs the first registry snapshot, start-up's last step
 }
 
 // New prepares an agent over an opened datapath; it starts nothing.

@@ -330,6 +330,7 @@ func (a *Agent) restore() error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.log.Info("restoring enrolled pods", "pods", len(st.Pods), "state", a.cfg.StateDir)
 	for _, spec := range st.Pods {
 		cookie, err := hnetns.Cookie(spec.Netns)
 		if err != nil || cookie != spec.Cookie {

@@ -127,6 +127,9 @@ func (p *pod) instance(node string, port uint16) *api.Instance {
 // checks of local instances. It runs after every snapshot and delta.
 func (a *Agent) registryChanged() {
 	a.syncVIPs()
+	a.firstSync.Do(func() {
+		a.log.Info("registry synced", "vip_ports", len(a.table.VIPs()), "revision", a.table.Revision(), "since_start", time.Since(a.started).Round(time.Millisecond))
+	})
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, p := range a.pods {

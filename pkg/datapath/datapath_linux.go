@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -113,18 +114,21 @@ func Open(cfg Config) (*Datapath, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	if err := Probe(); err != nil {
 		return nil, err
 	}
 	if err := ensureBPFFS(cfg.BPFFS); err != nil {
 		return nil, err
 	}
+	cfg.Log.Info("datapath: kernel features present; loading programs", "bpffs", cfg.BPFFS, "cgroup", cfg.CgroupRoot)
 	d := &Datapath{cfg: cfg, progs: map[string]*ebpf.Program{}, links: map[string]link.Link{},
 		podProgs: map[uint64]*ebpf.Program{}}
 	if err := d.load(); err != nil {
 		d.Close()
 		return nil, err
 	}
+	cfg.Log.Info("datapath: programs verified and loaded", "programs", len(d.progs), "maps", len(d.maps), "took", time.Since(start).Round(time.Millisecond))
 	if err := d.attach(); err != nil {
 		d.Close()
 		return nil, err
@@ -133,6 +137,7 @@ func Open(cfg Config) (*Datapath, error) {
 		d.Close()
 		return nil, err
 	}
+	cfg.Log.Info("datapath: attached", "links", len(d.links), "accel", !cfg.NoAccel, "took", time.Since(start).Round(time.Millisecond))
 	return d, nil
 }
 
@@ -264,6 +269,7 @@ func (d *Datapath) attachCgroup(pin, cgroup, prog string, at ebpf.AttachType) er
 	if l, err := link.LoadPinnedLink(path, nil); err == nil {
 		if err := l.Update(d.progs[prog]); err == nil {
 			d.links[pin] = l
+			d.cfg.Log.Debug("datapath: pinned link updated in place", "program", prog, "cgroup", cgroup)
 			return nil
 		}
 		// A link of another kind or to a dead cgroup: replace it.
