@@ -25,6 +25,7 @@ func BenchmarkPrivilegedDatapath(b *testing.B) {
 	testbed.RequirePrivileged(b)
 	bed := testbed.New(b)
 	var pairs []benchPair
+	benchStep(b, "setting up direct, accel-on and accel-off pod pairs")
 	for _, mode := range []string{"direct", "accel-on", "accel-off"} {
 		n := bed.MustAddNode(b, mode)
 		p := benchPair{name: mode, client: n.MustAddPod(b, "c"), server: n.MustAddPod(b, "s")}
@@ -47,6 +48,7 @@ func BenchmarkPrivilegedDatapath(b *testing.B) {
 				m = map[string][]float64{}
 				res[p.name] = m
 			}
+			benchStep(b, "round %d/%d: %s", r+1, rounds, p.name)
 			for _, size := range []int{64, 1024} {
 				rr := runRR(b, p, size, rts)
 				m[fmt.Sprintf("p50_%d", size)] = append(m[fmt.Sprintf("p50_%d", size)], rr.P50us)

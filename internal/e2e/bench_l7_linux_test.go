@@ -44,6 +44,7 @@ func BenchmarkPrivilegedL7(b *testing.B) {
 	a1.start()
 	a2.start()
 	control.apply(l7BenchManifests)
+	benchStep(b, "two nodes up; setting up direct, l4 and l7 paths")
 
 	mesh := n1.MustAddPod(b, "c-mesh")
 	a1.enroll(mesh, "bench-client")
@@ -75,6 +76,7 @@ func BenchmarkPrivilegedL7(b *testing.B) {
 	res := runL7Rounds(b, paths, rounds, secs, maxSecs)
 	printL7Table(res, rounds, secs, maxSecs)
 	for _, name := range []string{"l4", "l7"} {
+		benchStep(b, "profiling the client-side agent on the %s path", name)
 		profileAgent(b, paths[name], a1.cmd.Process.Pid, "agent n1 (client side), "+name+" path")
 	}
 }
@@ -83,6 +85,7 @@ func BenchmarkPrivilegedL7(b *testing.B) {
 // closed loops in interleaved rounds, every other round in reverse order.
 func runL7Rounds(b *testing.B, paths map[string]*mtlsPath, rounds, secs, maxSecs int) map[string]map[string][]float64 {
 	res := map[string]map[string][]float64{}
+	benchStep(b, "warming up %d paths", len(l7BenchPaths))
 	for _, name := range l7BenchPaths { // warm-up: pools, TLS sessions, page cache
 		res[name] = map[string][]float64{}
 		l7Load(b, paths[name], 1000, 4, 3)
@@ -94,6 +97,7 @@ func runL7Rounds(b *testing.B, paths map[string]*mtlsPath, rounds, secs, maxSecs
 				order[i], order[j] = order[j], order[i]
 			}
 		}
+		benchStep(b, "round %d/%d: %ds at 1000 qps, then %ds closed loop, per path", r+1, rounds, secs, maxSecs)
 		for _, name := range order {
 			collect(res[name], "", l7Load(b, paths[name], 1000, 4, secs))
 		}

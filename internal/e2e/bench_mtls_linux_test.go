@@ -51,6 +51,7 @@ func BenchmarkPrivilegedMTLS(b *testing.B) {
 	a1.start()
 	a2.start()
 	control.apply(mtlsBenchManifests)
+	benchStep(b, "two nodes up; setting up direct, hms-node and haproxy paths")
 
 	paths := []*mtlsPath{}
 	for _, name := range []string{"direct", "hms-node", "haproxy"} {
@@ -87,11 +88,13 @@ func BenchmarkPrivilegedMTLS(b *testing.B) {
 	rounds, secs := envInt("HMS_BENCH_ROUNDS", 3), envInt("HMS_BENCH_SECONDS", 30)
 	bulkBytes := int64(envInt("HMS_BENCH_BULK_MB", 1024)) << 20
 	res := map[string]map[string][]float64{}
+	benchStep(b, "warming up %d paths", len(paths))
 	for _, p := range paths { // warm-up: pools, TLS sessions, page cache
 		fortioRound(b, p, 3)
 	}
 	for r := 0; r < rounds; r++ {
 		for _, p := range paths {
+			benchStep(b, "round %d/%d: %s, %ds at 1000 qps, then %d MiB bulk", r+1, rounds, p.name, secs, bulkBytes>>20)
 			m := res[p.name]
 			if m == nil {
 				m = map[string][]float64{}
@@ -109,6 +112,7 @@ func BenchmarkPrivilegedMTLS(b *testing.B) {
 		}
 	}
 	printMTLSTable(res, rounds, secs, bulkBytes)
+	benchStep(b, "profiling the client-side agent")
 	profileAgent(b, paths[1], a1.cmd.Process.Pid, "agent n1 (client side), hms-node path")
 }
 

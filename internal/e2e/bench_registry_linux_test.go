@@ -104,6 +104,7 @@ func BenchmarkPrivilegedPropagation(b *testing.B) {
 	if _, err := cp.reg.Apply(ctx, &api.ApplyRequest{Services: []*api.Service{flipSvc}}); err != nil {
 		b.Fatal(err)
 	}
+	benchStep(b, "connecting %d agents", len(agents))
 	for _, a := range agents {
 		a.run(b)
 	}
@@ -131,6 +132,7 @@ func BenchmarkPrivilegedPropagation(b *testing.B) {
 		}
 	}
 
+	benchStep(b, "%d rounds of apply-a-service and flip-health, %d agents watching", propRounds, len(agents))
 	b.ResetTimer()
 	var svcRounds, flipRounds, applyRPC, svcFirst, svcMedian []time.Duration
 	svcMissed, flipMissed := 0, 0

@@ -92,6 +92,7 @@ func runScale(b *testing.B) scaleResult {
 	r := scaleResult{services: scaleServices, instances: scaleInstances}
 	r.heapBefore = heapInuse()
 
+	benchStep(b, "applying %d services", scaleServices)
 	start := time.Now()
 	for i := 0; i < scaleServices; i += scaleBatch {
 		req := &api.ApplyRequest{}
@@ -108,12 +109,14 @@ func runScale(b *testing.B) scaleResult {
 	// Agents connect in waves (a rolling start); an agent's first snapshot
 	// comes after its Hello's instances are in etcd.
 	r.wave = envInt("HMS_BENCH_CONNECT_WAVE", 10)
+	benchStep(b, "connecting %d agents in waves of %d", scaleAgents, r.wave)
 	regs := make([]*benchAgent, scaleAgents)
 	for a := range regs {
 		regs[a] = newBenchAgent(b, cp.srv.Addr(), fmt.Sprintf("node-%03d", a), bigRecv, grpc.WithStreamInterceptor(discardRecv))
 		regs[a].client.Instances = func() []*api.Instance { return scaleInstancesOf(a) }
 		regs[a].run(b)
 		if (a+1)%r.wave == 0 || a+1 == len(regs) {
+			benchStep(b, "agents %d/%d connected; waiting for them to sync", a+1, len(regs))
 			waitSynced(b, regs[:a+1], 5*time.Minute)
 		}
 	}
@@ -132,10 +135,12 @@ func runScale(b *testing.B) scaleResult {
 	r.snapshotBytes = proto.Size(&api.ControlMessage{Msg: &api.ControlMessage_Snapshot{Snapshot: snap}})
 	list = nil
 
+	benchStep(b, "probing the default gRPC receive limit, then a new agent's full sync")
 	r.defaultLimitErr = probeDefaultLimit(b, cp)
 	r.connectToFull = newAgentSync(b, cp)
 	r.tableBytes, r.applySnapshot = tableFootprint(snap)
 	snap = nil
+	benchStep(b, "timing lookups and picks")
 	lookupPick(b, cp, &r)
 	return r
 }
