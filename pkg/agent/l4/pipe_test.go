@@ -266,3 +266,44 @@ func TestPipeCountsWhileOpen(t *testing.T) {
 		t.Fatalf("final counts = %v, want %v", got, want)
 	}
 }
+
+// sizedReader fills each Read with fill(i) bytes (capped by the buffer) and
+// records the buffer size each Read was given.
+type sizedReader struct {
+	fill  []int
+	sizes []int
+}
+
+func (r *sizedReader) Read(p []byte) (int, error) {
+	i := len(r.sizes)
+	r.sizes = append(r.sizes, len(p))
+	if i == len(r.fill) {
+		return 0, io.EOF
+	}
+	return min(r.fill[i], len(p)), nil
+}
+
+// A direction reads through the small buffer, moves to the big one after a
+// read fills the small one (bulk), and back after a read that would have
+// fitted the small one.
+func TestCopyLoopBufferFollowsTheStream(t *testing.T) {
+	r := &sizedReader{fill: []int{100, smallBufSize, bigBufSize, bigBufSize, 5000, 100}}
+	buf := newCopyBuf()
+	defer buf.release()
+	var n atomic.Int64
+	if err := copyLoop(io.Discard, r, buf, &n); err != nil {
+		t.Fatal(err)
+	}
+	want := []int{smallBufSize, smallBufSize, bigBufSize, bigBufSize, bigBufSize, smallBufSize, smallBufSize}
+	if len(r.sizes) != len(want) {
+		t.Fatalf("reads saw buffers %v, want %v", r.sizes, want)
+	}
+	for i := range want {
+		if r.sizes[i] != want[i] {
+			t.Fatalf("reads saw buffers %v, want %v", r.sizes, want)
+		}
+	}
+	if got, want := n.Load(), int64(100+smallBufSize+2*bigBufSize+5000+100); got != want {
+		t.Fatalf("copied %d bytes, want %d", got, want)
+	}
+}
