@@ -58,7 +58,7 @@ Without --http-addr the dashboard is looked for on the control plane's host
 // defaultControlHTTP is the control plane's host (from --control or the
 // client config) on port 9091, or the control plane's default listener.
 func defaultControlHTTP(cmd *cobra.Command) string {
-	api, _ := cmd.Flags().GetString("control")
+	api := controlOverride(cmd)
 	if api == "" {
 		if cfg, err := control.LoadAdminConfig(configPath(cmd)); err == nil {
 			api = cfg.Control

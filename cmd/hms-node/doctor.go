@@ -24,7 +24,7 @@ func doctorCmd() *cobra.Command {
 line, OK or FAIL, and a failed one says the fix to apply. Exit status 0 when
 every check passes, 1 when any fails.
 
-The control plane is found through --control, else the client config
+The control plane is found through --control, else $HMS_CONTROL, else the client config
 (--config, $HMS_CONFIG, ~/.hms/config), else the running agent's own
 connection; its clock is read from its HTTP listener (--http-addr, default
 the control-plane host on port 9091).`,
@@ -70,7 +70,7 @@ the control-plane host on port 9091).`,
 // the client config. A missing config is no error here: on a worker node
 // there is none, and doctor then asks the running agent for the address.
 func doctorControl(cmd *cobra.Command, cfg *doctor.Config) {
-	cfg.Control, _ = cmd.Flags().GetString("control")
+	cfg.Control = controlOverride(cmd)
 	path := configPath(cmd)
 	admin, err := control.LoadAdminConfig(path)
 	if errors.Is(err, os.ErrNotExist) {

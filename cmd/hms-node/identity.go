@@ -25,7 +25,7 @@ func tokenCmd() *cobra.Command {
 			ic := c.identity
 			resp, err := ic.CreateToken(ctx, &api.CreateTokenRequest{TtlMs: ttl.Milliseconds()})
 			if err != nil {
-				return rpcError("token create", err)
+				return rpcError(c.to, "token create", err)
 			}
 			fmt.Println(resp.Token)
 			return nil
@@ -51,7 +51,7 @@ func nodeCmd() *cobra.Command {
 			defer done()
 			ic := c.identity
 			if _, err := ic.RevokeNode(ctx, &api.RevokeNodeRequest{Node: args[0]}); err != nil {
-				return rpcError("node revoke "+args[0], err)
+				return rpcError(c.to, "node revoke "+args[0], err)
 			}
 			fmt.Printf("✓ Node %q revoked: its certificates are refused mesh-wide\n", args[0])
 			return nil

@@ -18,10 +18,18 @@ func socketFlag(cmd *cobra.Command) *string {
 	return cmd.Flags().String("socket", "/var/run/hms/agent.sock", "the local agent's unix socket")
 }
 
+// agentTimeout bounds one CLI call to the local agent.
+const agentTimeout = 30 * time.Second
+
+// callAgent makes one call to the local agent's API. Its error says what
+// failed and what to do (see explain).
 func callAgent(socket, method, path string, in, out any) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), agentTimeout)
 	defer cancel()
-	return localapi.NewClient(socket).Do(ctx, method, path, in, out)
+	if err := localapi.NewClient(socket).Do(ctx, method, path, in, out); err != nil {
+		return &callError{to: target{agent: true, addr: socket, timeout: agentTimeout}, err: err}
+	}
+	return nil
 }
 
 func enrollCmd() *cobra.Command {

@@ -10,19 +10,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/status"
 
 	"github.com/hms-node/hms-node/pkg/api"
 	"github.com/hms-node/hms-node/pkg/manifest"
 )
-
-// rpcError turns a gRPC error into the server's one-line message.
-func rpcError(what string, err error) error {
-	if s, ok := status.FromError(err); ok {
-		return fmt.Errorf("%s: %s", what, s.Message())
-	}
-	return fmt.Errorf("%s: %w", what, err)
-}
 
 func applyCmd() *cobra.Command {
 	var file string
@@ -35,16 +26,22 @@ func applyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, c, done, err := dialCall(cmd)
+			// A large manifest is one all-or-nothing call: its bound grows
+			// with it.
+			ctx, c, done, err := dialCallTimeout(cmd, rpcTimeout+time.Duration(len(svcs))*applyPerService)
 			if err != nil {
 				return err
 			}
 			defer done()
-			reg := c.registry
-			resp, err := reg.Apply(ctx, &api.ApplyRequest{Services: svcs})
+			tty := isTerminal(os.Stderr)
+			p := startProgress(os.Stderr, tty, tty || len(svcs) >= manyDocuments,
+				fmt.Sprintf("applying %d services from %s (all or nothing)", len(svcs), file))
+			resp, err := c.registry.Apply(ctx, &api.ApplyRequest{Services: svcs})
 			if err != nil {
-				return rpcError("apply "+file, err)
+				p.done("")
+				return rpcError(c.to, "apply "+file, err)
 			}
+			p.done(applied(resp))
 			for _, r := range resp.Results {
 				verb := "updated"
 				if r.Created {
@@ -62,6 +59,22 @@ func applyCmd() *cobra.Command {
 	cmd.MarkFlagRequired("file")
 	controlFlags(cmd)
 	return cmd
+}
+
+// applyPerService is how much longer than rpcTimeout apply waits per
+// service of the manifest.
+const applyPerService = 20 * time.Millisecond
+
+// applied sums up an apply for the progress line: "applied 500 services
+// (498 registered, 2 updated)".
+func applied(resp *api.ApplyResponse) string {
+	created := 0
+	for _, r := range resp.Results {
+		if r.Created {
+			created++
+		}
+	}
+	return fmt.Sprintf("applied %d services (%d registered, %d updated)", len(resp.Results), created, len(resp.Results)-created)
 }
 
 // portList names the ports a service answers on: its declared ones, and
@@ -100,7 +113,7 @@ func deleteCmd() *cobra.Command {
 			defer done()
 			reg := c.registry
 			if _, err := reg.Delete(ctx, &api.DeleteRequest{Namespace: ns, Name: args[0]}); err != nil {
-				return rpcError("delete "+args[0], err)
+				return rpcError(c.to, "delete "+args[0], err)
 			}
 			fmt.Printf("✓ Service %q deleted\n", args[0])
 			return nil
@@ -126,7 +139,7 @@ func addCmd() *cobra.Command {
 			reg := c.registry
 			resp, err := reg.AddExternal(ctx, &api.AddExternalRequest{External: &api.ExternalService{Namespace: ns, Name: args[0], Url: url}})
 			if err != nil {
-				return rpcError("add "+args[0], err)
+				return rpcError(c.to, "add "+args[0], err)
 			}
 			fmt.Printf("✓ External service %q registered (VIP %s -> %s)\n", resp.External.Name, resp.External.Vip, resp.External.Url)
 			return nil
@@ -206,7 +219,7 @@ func listCmd() *cobra.Command {
 			reg := c.registry
 			resp, err := reg.List(ctx, &api.ListRequest{})
 			if err != nil {
-				return rpcError("list", err)
+				return rpcError(c.to, "list", err)
 			}
 			l := toListed(resp)
 			if output == "json" {

@@ -123,9 +123,9 @@ func runTap(cmd *cobra.Command, req *api.TapRequest, output, verb string) error 
 	what := verb + " " + name
 
 	var ctx context.Context
-	var reg api.RegistryClient
+	var c controlClients
 	if req.Follow {
-		conn, err := dialControl(cmd)
+		conn, to, err := dialControl(cmd)
 		if err != nil {
 			return err
 		}
@@ -133,9 +133,8 @@ func runTap(cmd *cobra.Command, req *api.TapRequest, output, verb string) error 
 		var stop context.CancelFunc
 		ctx, stop = signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		defer stop()
-		reg = api.NewRegistryClient(conn)
+		c = controlClients{registry: api.NewRegistryClient(conn), to: to}
 	} else {
-		var c controlClients
 		var done func()
 		var err error
 		ctx, c, done, err = dialCall(cmd)
@@ -143,12 +142,12 @@ func runTap(cmd *cobra.Command, req *api.TapRequest, output, verb string) error 
 			return err
 		}
 		defer done()
-		reg = c.registry
 	}
+	reg := c.registry
 
 	stream, err := reg.Tap(ctx, req)
 	if err != nil {
-		return rpcError(what, err)
+		return rpcError(c.to, what, err)
 	}
 	answered, asked, known := tapAgents(stream)
 	if known && answered < asked {
@@ -161,7 +160,7 @@ func runTap(cmd *cobra.Command, req *api.TapRequest, output, verb string) error 
 	}
 	n := 0
 	for {
-		c, err := stream.Recv()
+		call, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
 			break
 		}
@@ -170,13 +169,13 @@ func runTap(cmd *cobra.Command, req *api.TapRequest, output, verb string) error 
 				return nil // Ctrl-C: the normal end of following
 			}
 			if req.Follow && status.Code(err) == codes.Unavailable {
-				return fmt.Errorf("%s: the control plane went away (%s); calls since are not shown: run it again once it is back",
-					what, status.Convert(err).Message())
+				return fmt.Errorf("%s: the control plane went away (%s: %s); calls since are not shown: run it again once it is back",
+					what, c.to.addr, status.Convert(err).Message())
 			}
-			return rpcError(what, err)
+			return rpcError(c.to, what, err)
 		}
 		n++
-		if err := print(c); err != nil {
+		if err := print(call); err != nil {
 			return err // stdout closed (| head): nothing more to say
 		}
 	}

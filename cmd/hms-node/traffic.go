@@ -48,7 +48,7 @@ func limitSetCmd() *cobra.Command {
 			defer done()
 			resp, err := c.registry.SetLimit(ctx, &api.SetLimitRequest{Limit: &api.RateLimit{Namespace: ns, Service: svc, Rps: rps}})
 			if err != nil {
-				return rpcError(what, err)
+				return rpcError(c.to, what, err)
 			}
 			l := resp.GetLimit()
 			fmt.Printf("✓ Rate limit of %s/%s set to %g rps (split across its ready instances; excess waits ≤100ms, then 429)\n",
@@ -74,7 +74,7 @@ func limitClearCmd() *cobra.Command {
 			}
 			defer done()
 			if _, err := c.registry.ClearLimit(ctx, &api.ClearLimitRequest{Namespace: ns, Service: args[0]}); err != nil {
-				return rpcError("limit clear "+args[0], err)
+				return rpcError(c.to, "limit clear "+args[0], err)
 			}
 			fmt.Printf("✓ Rate limit of %s/%s cleared\n", ns, args[0])
 			return nil
@@ -133,7 +133,7 @@ func routeSetCmd() *cobra.Command {
 			defer done()
 			resp, err := c.registry.SetRoute(ctx, &api.SetRouteRequest{Route: rt})
 			if err != nil {
-				return rpcError(what, err)
+				return rpcError(c.to, what, err)
 			}
 			r := resp.GetRoute()
 			fmt.Printf("✓ Route %s/%s %s set: %s\n", r.GetNamespace(), r.GetService(), r.GetPath(), routeSummary(r))
