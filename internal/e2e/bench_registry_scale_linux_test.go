@@ -212,7 +212,8 @@ func tableFootprint(snap *api.Snapshot) (int64, time.Duration) {
 }
 
 // lookupPick measures the agent's per-connection work: LookupVIP of the
-// original destination, then Pick of an endpoint (and its done).
+// original destination, then Pick (or PickTarget) of an endpoint and its
+// done.
 func lookupPick(b *testing.B, cp *benchControl, r *scaleResult) {
 	list, err := cp.reg.List(context.Background(), &api.ListRequest{})
 	if err != nil {
@@ -274,6 +275,18 @@ func lookupPick(b *testing.B, cp *benchControl, r *scaleResult) {
 		done(nil, 0)
 	}
 	r.bothNs = timeIt(both)
+	// PickTarget uses the service bucket LookupVIP resolved.
+	r.bothTargetNs = timeIt(func(i int) {
+		tgt, ok := t.LookupVIP(vips[idx(i)])
+		if !ok {
+			b.Fatal("lookup miss")
+		}
+		_, _, done, ok := t.PickTarget(tgt)
+		if !ok {
+			b.Fatal("pick failed")
+		}
+		done(nil, 0)
+	})
 	r.parallelism = runtime.GOMAXPROCS(0)
 	var wg sync.WaitGroup
 	runtime.GC()

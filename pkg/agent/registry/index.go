@@ -19,11 +19,12 @@ func (t *Table) putServiceLocked(s *api.Service) {
 		t.unindexServiceLocked(b)
 	}
 	b.svc, b.svcGen = s, t.gen
+	t.bySvc[s] = b
 	vip, ok := parseVIP(s.Vip)
 	if !ok {
 		return
 	}
-	e := vipEntry{svc: s, id: b.id}
+	e := vipEntry{svc: s, id: b.id, b: b}
 	for _, p := range s.Ports {
 		if p == 0 || p > 65535 {
 			continue
@@ -38,8 +39,13 @@ func (t *Table) putServiceLocked(s *api.Service) {
 	t.setNameLocked(b.ns, b.name, vip)
 }
 
+// unindexServiceLocked undoes putServiceLocked for b.svc; every path that
+// replaces or clears b.svc calls it first.
 func (t *Table) unindexServiceLocked(b *bucket) {
 	s := b.svc
+	if t.bySvc[s] == b {
+		delete(t.bySvc, s)
+	}
 	vip, ok := parseVIP(s.Vip)
 	if !ok {
 		return

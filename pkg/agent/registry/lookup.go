@@ -17,6 +17,9 @@ type Target struct {
 	// except on port 80 of an http service that does not declare 80, where
 	// it is the service's main (first) port; for externals, the URL's port.
 	Port uint16
+
+	// b is the bucket of Service when the lookup was made, for PickTarget.
+	b *bucket
 }
 
 // LookupVIP maps a connection's original destination to a service. A
@@ -31,7 +34,7 @@ func (t *Table) LookupVIP(dst netip.AddrPort) (Target, bool) {
 	if !ok {
 		return Target{}, false
 	}
-	return Target{Service: e.svc, External: e.ext, Port: e.port}, true
+	return Target{Service: e.svc, External: e.ext, Port: e.port, b: e.b}, true
 }
 
 // Mesh DNS suffixes (DESIGN §5).

@@ -56,7 +56,40 @@ func (t *Table) Pick(svc *api.Service, exclude ...netip.AddrPort) (ep netip.Addr
 	}
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	b := t.bucketLocked(svc.Namespace, svc.Name, false)
+	return t.pickLocked(t.serviceBucketLocked(svc), exclude)
+}
+
+// PickTarget is Pick(tgt.Service, exclude...) for a Target from LookupVIP,
+// faster: it uses the service's bucket the lookup resolved instead of
+// finding it again. A Target from before an update stays valid: once its
+// bucket has left the table, the service is looked up again, so a retry
+// picks from the current endpoints, never from replaced ones.
+func (t *Table) PickTarget(tgt Target, exclude ...netip.AddrPort) (ep netip.AddrPort, node string, done func(err error, latency time.Duration), ok bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	b := tgt.b
+	if b == nil || b.dead {
+		if tgt.Service == nil {
+			return netip.AddrPort{}, "", nil, false
+		}
+		b = t.serviceBucketLocked(tgt.Service)
+	}
+	return t.pickLocked(b, exclude)
+}
+
+// serviceBucketLocked is the bucket of svc. The services the table holds
+// map straight to theirs; a pointer it no longer holds (the service was
+// replaced or deleted since) falls back to the name, so a caller retrying
+// with a stale Target picks from the current endpoints.
+func (t *Table) serviceBucketLocked(svc *api.Service) *bucket {
+	if b := t.bySvc[svc]; b != nil {
+		return b
+	}
+	return t.bucketLocked(svc.Namespace, svc.Name, false)
+}
+
+// pickLocked is Pick within bucket b (nil: none), under the read lock.
+func (t *Table) pickLocked(b *bucket, exclude []netip.AddrPort) (ep netip.AddrPort, node string, done func(err error, latency time.Duration), ok bool) {
 	if b == nil || len(b.healthy) == 0 {
 		return netip.AddrPort{}, "", nil, false
 	}
@@ -68,15 +101,32 @@ func (t *Table) Pick(svc *api.Service, exclude ...netip.AddrPort) (ep netip.Addr
 	return e.addr, e.node, e.done, true
 }
 
+// lazyClock reads the table's clock at most once per pick, and only when
+// needed: for an ejected candidate, or to compare a measured endpoint with
+// an unmeasured one. Reading it costs more than the rest of a pick on some
+// machines.
+type lazyClock struct {
+	t   *Table
+	now int64
+	ok  bool
+}
+
+func (c *lazyClock) get() int64 {
+	if !c.ok {
+		c.now, c.ok = c.t.clock(), true
+	}
+	return c.now
+}
+
 // choose runs under the read lock.
 func (t *Table) choose(hs []*endpoint, exclude []netip.AddrPort) *endpoint {
-	now := t.clock()
+	clk := lazyClock{t: t}
 	usable := func(e *endpoint) bool {
 		if excluded(e.addr, exclude) {
 			return false
 		}
 		until := e.ejectUntil.Load()
-		return until == 0 || until <= now
+		return until == 0 || until <= clk.get()
 	}
 	n := len(hs)
 	var a, c *endpoint
@@ -120,10 +170,38 @@ func (t *Table) choose(hs []*endpoint, exclude []netip.AddrPort) *endpoint {
 	if a == nil {
 		return leastEjected(hs, exclude)
 	}
-	if c != nil && cost(c, now) < cost(a, now) {
+	if c != nil && cheaper(c, a, &clk) {
 		return c
 	}
 	return a
+}
+
+// cheaper reports whether cost(x) < cost(y) at the current time. Both
+// decays share that time: for two measured endpoints
+// x·e^(-(now-sx)/τ) < y·e^(-(now-sy)/τ) ⇔ x·e^((sx-sy)/τ) < y, so only
+// the gap between their samples matters and the clock is not read; two
+// unmeasured ones cost (outstanding+1)×unmeasuredRTT each.
+func cheaper(x, y *endpoint, clk *lazyClock) bool {
+	rx, ry := x.ewma.Load(), y.ewma.Load()
+	switch {
+	case rx <= 0 && ry <= 0:
+		return x.active.Load() < y.active.Load()
+	case rx > 0 && ry > 0:
+		d := float64(x.sampled.Load()-y.sampled.Load()) / float64(ewmaDecay)
+		return float64(x.active.Load()+1)*float64(rx)*expGap(d) < float64(y.active.Load()+1)*float64(ry)
+	}
+	now := clk.get()
+	return cost(x, now) < cost(y, now)
+}
+
+// expGap is e^d. Endpoints in use are sampled within a fraction of
+// ewmaDecay of each other, where a 4th-order Taylor series is exact to
+// 1e-6 and math.Exp would cost as much as the rest of the comparison.
+func expGap(d float64) float64 {
+	if d > -1.0/16 && d < 1.0/16 {
+		return 1 + d*(1+d*(1.0/2+d*(1.0/6+d*(1.0/24))))
+	}
+	return math.Exp(d)
 }
 
 func excluded(addr netip.AddrPort, exclude []netip.AddrPort) bool {

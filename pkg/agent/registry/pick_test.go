@@ -220,6 +220,13 @@ func TestPickNoAllocs(t *testing.T) {
 	}); a != 0 {
 		t.Fatalf("Pick allocates %v", a)
 	}
+	if a := testing.AllocsPerRun(1000, func() {
+		tgt, _ := tb.LookupVIP(ap("240.240.0.1:80"))
+		_, _, done, _ := tb.PickTarget(tgt, ex)
+		done(nil, time.Millisecond)
+	}); a != 0 {
+		t.Fatalf("LookupVIP + PickTarget allocates %v", a)
+	}
 }
 
 // TestConcurrentLookupsAndUpdates runs lookups and picks while deltas flip

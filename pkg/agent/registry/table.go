@@ -27,6 +27,7 @@ type Table struct {
 	gen       uint64 // bumped by each snapshot; stale objects are swept
 	nextID    uint32
 	buckets   map[string]map[string]*bucket    // ns → name
+	bySvc     map[*api.Service]*bucket         // the stored services, for Pick
 	externals map[string]map[string]*extEntry  // ns → name
 	names     map[string]map[string]netip.Addr // lower-case ns → name → VIP
 	vips      map[netip.AddrPort]vipEntry
@@ -40,14 +41,18 @@ type Table struct {
 // bucket is everything known under one (namespace, service name): the
 // service itself may be absent while instances, a limit or routes exist.
 type bucket struct {
+	// healthy comes first: it is all a pick reads of a cold bucket.
+	healthy  []*endpoint // the pickable subset: healthy with a valid address
 	ns, name string
 	id       uint32
 	svc      *api.Service
 	svcGen   uint64
 	eps      []*endpoint // every instance
-	healthy  []*endpoint // the pickable subset: healthy with a valid address
 	limit    *api.RateLimit
 	routes   []*api.Route
+	// dead is set when the bucket leaves the table: a Target holding it
+	// must look the service up again (a new bucket may hold it by now).
+	dead bool
 }
 
 type extEntry struct {
@@ -62,6 +67,7 @@ type vipEntry struct {
 	ext  *api.ExternalService
 	port uint16
 	id   uint32
+	b    *bucket // svc's bucket
 }
 
 // NewTable returns an empty table at revision 0.
@@ -74,6 +80,7 @@ func NewTable() *Table {
 
 func (t *Table) resetLocked() {
 	t.buckets = make(map[string]map[string]*bucket)
+	t.bySvc = make(map[*api.Service]*bucket)
 	t.externals = make(map[string]map[string]*extEntry)
 	t.names = make(map[string]map[string]netip.Addr)
 	t.vips = make(map[netip.AddrPort]vipEntry)
@@ -296,6 +303,7 @@ func (t *Table) gcBucketLocked(b *bucket) {
 	}
 	nsb := t.buckets[b.ns]
 	if nsb[b.name] == b {
+		b.dead = true
 		delete(nsb, b.name)
 		if len(nsb) == 0 {
 			delete(t.buckets, b.ns)
