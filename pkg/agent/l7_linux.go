@@ -91,7 +91,7 @@ func (a *Agent) destinationOf(tgt registry.Target) *l7.Destination {
 		Policy: func() l7.Policy { return a.httpPolicy(ns, name) },
 		Pick: func(tried []netip.AddrPort) (netip.AddrPort, func(error, time.Duration), bool) {
 			for {
-				ep, node, done, ok := a.table.Pick(svc, tried...)
+				ep, node, done, ok := a.table.PickTarget(tgt, tried...)
 				if !ok {
 					return ep, nil, false
 				}
@@ -193,7 +193,7 @@ func (s *httpSender) RoundTrip(req *http.Request, ep netip.AddrPort) (*http.Resp
 		src := s.a.sourceOf(s.p)
 		return s.a.httpIn.RoundTrip(req, s.a.localOf(local), l7.Caller{Workload: src.Workload, Principal: src.Principal, Security: src.Security}, ep.Port())
 	}
-	resp, err := s.p.httpTransport(s.a).RoundTrip(req)
+	resp, err := s.p.fastTransport(s.a).RoundTrip(req)
 	if errors.Is(err, hbone.ErrDenied) {
 		return nil, fmt.Errorf("%w: %v", l7.ErrDenied, err)
 	}
@@ -221,6 +221,24 @@ func (p *pod) httpTransport(a *Agent) *http.Transport {
 		}
 	}
 	return p.http
+}
+
+// fastTransport is the pod's fast path to other nodes: an l7.Transport
+// over the same tunnels as httpTransport, which serves the requests the
+// fast path does not.
+func (p *pod) fastTransport(a *Agent) *l7.Transport {
+	fb := p.httpTransport(a)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.httpFast == nil {
+		p.httpFast = &l7.Transport{
+			Dial:           fb.DialContext,
+			Fallback:       fb,
+			MaxIdlePerHost: fb.MaxIdleConnsPerHost,
+			IdleTimeout:    fb.IdleConnTimeout,
+		}
+	}
+	return p.httpFast
 }
 
 func (a *Agent) dialHTTP(ctx context.Context, p *pod, addr string) (net.Conn, error) {
@@ -292,13 +310,16 @@ func (a *Agent) acceptHTTPTunnel(ctx context.Context, p *pod, r *hbone.Request) 
 // closeHTTP drops the pod's idle pooled connections.
 func (p *pod) closeHTTP() {
 	p.mu.Lock()
-	t, l := p.http, p.httpLocal
+	t, f, l := p.http, p.httpFast, p.httpLocal
 	p.mu.Unlock()
 	if t != nil {
 		t.CloseIdleConnections()
 	}
+	if f != nil {
+		f.CloseIdleConnections()
+	}
 	if l != nil {
-		if at, ok := l.App.(*http.Transport); ok {
+		if at, ok := l.App.(interface{ CloseIdleConnections() }); ok {
 			at.CloseIdleConnections()
 		}
 	}

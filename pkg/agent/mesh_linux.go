@@ -58,7 +58,7 @@ func (a *Agent) dialService(p *pod, c *net.TCPConn, tgt registry.Target) (up net
 	// Picks skip other nodes' loopback (dev) endpoints without counting
 	// as a dial; Pick ends the loop once every endpoint was tried.
 	for dials := 0; dials < dialAttempts; {
-		ep, node, done, ok := a.table.Pick(tgt.Service, tried...)
+		ep, node, done, ok := a.table.PickTarget(tgt, tried...)
 		if !ok {
 			break
 		}

@@ -83,6 +83,7 @@ type pod struct {
 	conns     map[net.Conn]struct{}
 	healthy   map[uint16]bool // by declared port
 	http      *http.Transport // HTTP to other nodes' endpoints, made on first use
+	httpFast  *l7.Transport   // in front of http: bodiless requests in the caller's goroutine
 	httpLocal *l7.Local       // the called side's view of this pod, made on first use
 }
 

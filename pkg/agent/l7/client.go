@@ -163,16 +163,7 @@ func (o *outbound) serve(w *statusWriter, r *http.Request, call *api.Call) strin
 		defer cancel()
 	}
 	at := &attempts{o: o, retries: retries, explicit: explicit, timeout: timeout}
-	proxy := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme = "http"
-			pr.Out.Host = pr.In.Host // the application's Host, not the endpoint
-		},
-		Transport:    at,
-		ErrorHandler: at.errorHandler,
-		ErrorLog:     discardLog,
-	}
-	proxy.ServeHTTP(w, r.WithContext(ctx))
+	outboundProxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, attemptsKey{}, at)))
 	call.Endpoint, call.Retries = at.endpoint, uint32(at.retried)
 	// Failures are what answered 5xx (connect errors 503, timeouts 504);
 	// no healthy endpoint is not one, and a client that left says nothing.
@@ -187,6 +178,28 @@ func (o *outbound) serve(w *statusWriter, r *http.Request, call *api.Call) strin
 	}
 	return "-"
 }
+
+// outboundProxy is the calling side's one ReverseProxy: what differs per
+// request (policy, endpoints, results) is the request's *attempts, carried
+// in its context, so nothing is built per request but that.
+var outboundProxy = &httputil.ReverseProxy{
+	Rewrite: func(pr *httputil.ProxyRequest) {
+		pr.Out.URL.Scheme = "http"
+		pr.Out.Host = pr.In.Host // the application's Host, not the endpoint
+	},
+	Transport: roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		return attemptsOf(req).RoundTrip(req)
+	}),
+	ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+		attemptsOf(r).errorHandler(w, r, err)
+	},
+	ErrorLog:   discardLog,
+	BufferPool: &proxyBuffers,
+}
+
+type attemptsKey struct{}
+
+func attemptsOf(r *http.Request) *attempts { return r.Context().Value(attemptsKey{}).(*attempts) }
 
 // retryAfter formats a wait for the Retry-After header (whole seconds,
 // at least 1).

@@ -143,7 +143,8 @@ func (s *Server) ServeConn(c net.Conn, dst *Local, caller Caller, port uint16) {
 		Transport: roundTripFunc(func(req *http.Request) (*http.Response, error) {
 			return s.RoundTrip(req, dst, caller, port)
 		}),
-		ErrorLog: discardLog,
+		ErrorLog:   discardLog,
+		BufferPool: &proxyBuffers,
 	}
 	serveOne(newDeadlineConn(c), proxy, tunnelIdleTimeout)
 }
@@ -154,12 +155,17 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 
 // AppTransport is a pod's transport to its own application: dial reaches
 // 127.0.0.1:<port> inside the pod's netns.
-func AppTransport(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Transport {
-	return &http.Transport{
-		DialContext:           dial,
-		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		DisableCompression:    true, // pass bodies through as the application sent them
+func AppTransport(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *Transport {
+	return &Transport{
+		Dial:           dial,
+		MaxIdlePerHost: 256,
+		IdleTimeout:    90 * time.Second,
+		Fallback: &http.Transport{
+			DialContext:           dial,
+			MaxIdleConnsPerHost:   256,
+			IdleConnTimeout:       90 * time.Second,
+			ExpectContinueTimeout: time.Second,
+			DisableCompression:    true, // pass bodies through as the application sent them
+		},
 	}
 }
