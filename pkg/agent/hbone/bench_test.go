@@ -39,3 +39,24 @@ func BenchmarkTunnelOpen(b *testing.B) {
 		b.Fatalf("stats = %+v, want one handshake", s)
 	}
 }
+
+// BenchmarkTunnelBulk is one-way throughput: the client writes 64 KiB
+// chunks, the server's app reads them (the echo app's copy back is
+// discarded by the client side below).
+func BenchmarkTunnelBulk(b *testing.B) {
+	e := newTestEnv(b, nil)
+	c := e.connect(b)
+	defer c.Close()
+	go io.Copy(io.Discard, readerOnly{c})
+	chunk := make([]byte, 64<<10)
+	b.SetBytes(int64(len(chunk)))
+	for b.Loop() {
+		if _, err := c.Write(chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+type readerOnly struct{ r io.Reader }
+
+func (r readerOnly) Read(p []byte) (int, error) { return r.r.Read(p) }

@@ -4,10 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"sync"
-	"time"
 )
 
 // ErrDenied is the error of a tunnel the destination refused (HTTP 403). A
@@ -32,9 +30,10 @@ func (e *StatusError) Unwrap() error {
 	return nil
 }
 
-// bufSize is the relay buffer size: large enough for bulk transfers (two
-// 16 KiB DATA frames), small enough to keep per-tunnel memory bounded.
-const bufSize = 32 << 10
+// bufSize is the relay buffer size: large enough for bulk transfers (a
+// write of this much goes out as one or two DATA frames under one flush),
+// small enough to keep per-tunnel memory bounded.
+const bufSize = 64 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
 
@@ -63,92 +62,3 @@ func copyBuf(dst io.Writer, src io.Reader) error {
 
 // closeWriter is a conn that can half-close, like *net.TCPConn.
 type closeWriter interface{ CloseWrite() error }
-
-// tunnel is the client end of one CONNECT stream. Writes go into the
-// request body pipe, which x/net's per-stream goroutine drains into DATA
-// frames (flushed each frame); reads come from the response body.
-type tunnel struct {
-	pw      *io.PipeWriter
-	body    io.ReadCloser
-	local   net.Addr
-	remote  net.Addr
-	once    sync.Once
-	release func() // gives the stream slot back to the pool and cancels the stream context
-}
-
-func (t *tunnel) Read(p []byte) (int, error) { return t.body.Read(p) }
-
-// Write returns once x/net's stream goroutine has taken all of p; it
-// blocks while HTTP/2 flow control holds the stream back. After
-// CloseWrite, Close or a reset by the peer it fails with io.ErrClosedPipe.
-func (t *tunnel) Write(p []byte) (int, error) { return t.pw.Write(p) }
-
-// CloseWrite ends the request body: the server reads EOF (END_STREAM) and
-// may keep sending.
-func (t *tunnel) CloseWrite() error { return t.pw.Close() }
-
-// Close resets the stream unless both directions already ended, and
-// returns the stream slot to the pool. Idempotent.
-func (t *tunnel) Close() error {
-	t.once.Do(func() {
-		t.pw.CloseWithError(net.ErrClosed)
-		t.body.Close()
-		t.release()
-	})
-	return nil
-}
-
-// LocalAddr is the local address of the HBONE (TCP) connection.
-func (t *tunnel) LocalAddr() net.Addr { return t.local }
-
-// RemoteAddr is the tunnel's far end: the CONNECT authority when it parses
-// as ip:port, else the address of the HBONE connection's peer.
-func (t *tunnel) RemoteAddr() net.Addr { return t.remote }
-
-// SetDeadline is a no-op; see the package documentation.
-func (t *tunnel) SetDeadline(time.Time) error { return nil }
-
-// SetReadDeadline is a no-op; see the package documentation.
-func (t *tunnel) SetReadDeadline(time.Time) error { return nil }
-
-// SetWriteDeadline is a no-op; see the package documentation.
-func (t *tunnel) SetWriteDeadline(time.Time) error { return nil }
-
-// stream is the server end of one CONNECT stream as a net.Conn: the request
-// body is the read side, the response writer (flushed each write) the
-// write side.
-type stream struct {
-	body          io.ReadCloser
-	w             http.ResponseWriter
-	flush         func() error
-	local, remote net.Addr
-}
-
-func (s *stream) Read(p []byte) (int, error) { return s.body.Read(p) }
-
-func (s *stream) Write(p []byte) (int, error) {
-	n, err := s.w.Write(p)
-	if err != nil {
-		return n, err
-	}
-	return n, s.flush()
-}
-
-// CloseWrite is a no-op: the response ends when the handler returns, which
-// the relay does right after the app→client copy ends.
-func (s *stream) CloseWrite() error { return nil }
-
-// Close unblocks a pending Read; the stream itself ends with the handler.
-func (s *stream) Close() error { return s.body.Close() }
-
-func (s *stream) LocalAddr() net.Addr              { return s.local }
-func (s *stream) RemoteAddr() net.Addr             { return s.remote }
-func (s *stream) SetDeadline(time.Time) error      { return nil }
-func (s *stream) SetReadDeadline(time.Time) error  { return nil }
-func (s *stream) SetWriteDeadline(time.Time) error { return nil }
-
-var (
-	_ net.Conn    = (*tunnel)(nil)
-	_ closeWriter = (*tunnel)(nil)
-	_ net.Conn    = (*stream)(nil)
-)

@@ -5,12 +5,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"slices"
+	"time"
 
 	"golang.org/x/net/http2"
 )
@@ -19,7 +18,7 @@ import (
 // (under mu, so that Close and Retire see either a dialling conn or a
 // ready one, never a conn they would miss).
 func (p *Pool) dial(ctx context.Context, pc *pconn) {
-	cc, tc, err := p.handshake(ctx, pc.key)
+	mc, tc, err := p.handshake(ctx, pc.key)
 	if err == nil {
 		p.handshakes.Add(1)
 	} else {
@@ -33,7 +32,7 @@ func (p *Pool) dial(ctx context.Context, pc *pconn) {
 	case closed:
 		pc.err = errPoolClosed
 	default:
-		pc.cc, pc.tc = cc, tc
+		pc.mc, pc.tc = mc, tc
 		if pc.retired { // retired while dialling: drain like the others
 			p.retireLocked(pc)
 		}
@@ -41,11 +40,18 @@ func (p *Pool) dial(ctx context.Context, pc *pconn) {
 	close(pc.ready)
 	p.mu.Unlock()
 	if err == nil && closed {
-		cc.Close()
+		mc.Close()
 	}
 }
 
-func (p *Pool) handshake(ctx context.Context, k Key) (*http2.ClientConn, *tls.Conn, error) {
+// Keepalive of pooled connections: ping a peer silent this long, and
+// give up on it when the ping goes unanswered.
+const (
+	readIdleTimeout = 30 * time.Second
+	pingTimeout     = 15 * time.Second
+)
+
+func (p *Pool) handshake(ctx context.Context, k Key) (*mux, *tls.Conn, error) {
 	if p.Dial == nil || p.TLS == nil {
 		return nil, nil, errors.New("hbone: pool needs Dial and TLS")
 	}
@@ -72,70 +78,32 @@ func (p *Pool) handshake(ctx context.Context, k Key) (*http2.ClientConn, *tls.Co
 		tc.Close()
 		return nil, nil, fmt.Errorf("hbone: %s negotiated %q, want h2", k.IP, proto)
 	}
-	// NewClientConn is deprecated in favour of net/http's HTTP/2 client,
-	// which offers no way to run CONNECT over a conn we dialled ourselves.
-	cc, err := p.t.NewClientConn(tc)
-	if err != nil {
-		tc.Close()
-		return nil, nil, fmt.Errorf("hbone: http2 client conn to %s: %w", k.IP, err)
+	mc := newMux(tc, true)
+	if err := mc.start(); err != nil {
+		return nil, nil, fmt.Errorf("hbone: http2 preface to %s: %w", k.IP, err)
 	}
-	return cc, tc, nil
+	go mc.keepalive(p.idleTimeout(), readIdleTimeout, pingTimeout)
+	return mc, tc, nil
 }
 
-// open sends the CONNECT on pc. retry reports that the request never left
-// because the connection became unusable, so another may be tried.
+// open sends the CONNECT on pc. retry reports that the connection became
+// unusable, so another may be tried.
 func (p *Pool) open(ctx context.Context, pc *pconn, authority string, hdr http.Header) (net.Conn, bool, error) {
-	h := make(http.Header, len(hdr)+1)
-	for name, v := range hdr {
-		h[name] = v
-	}
-	if _, ok := h["User-Agent"]; !ok {
-		h["User-Agent"] = []string{""} // x/net sends no user-agent for an empty one
-	}
-	sctx, cancel := context.WithCancel(context.Background())
-	stop := context.AfterFunc(ctx, cancel)
-	pr, pw := io.Pipe()
-	req := (&http.Request{
-		Method:        http.MethodConnect,
-		URL:           &url.URL{Host: authority},
-		Host:          authority,
-		Header:        h,
-		Body:          pr,
-		ContentLength: -1,
-		Proto:         "HTTP/2.0",
-		ProtoMajor:    2,
-	}).WithContext(sctx)
-	resp, err := pc.cc.RoundTrip(req)
-	if !stop() && err == nil {
-		err = ctx.Err() // ctx ended while the answer arrived: don't hand out the tunnel
-		resp.Body.Close()
-	}
+	st, code, err := pc.mc.open(ctx.Done(), authority, hdr)
 	if err != nil {
-		cancel()
-		pw.Close()
 		if ctx.Err() != nil {
 			err = ctx.Err()
 		}
-		return nil, !pc.cc.CanTakeNewRequest(), fmt.Errorf("hbone: connect %s: %w", authority, err)
+		return nil, !pc.mc.canOpen(), fmt.Errorf("hbone: connect %s: %w", authority, err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		cancel()
-		pw.Close()
-		return nil, false, fmt.Errorf("hbone: connect %s: %w", authority, &StatusError{Code: resp.StatusCode})
+	if code != http.StatusOK {
+		st.Close()
+		return nil, false, fmt.Errorf("hbone: connect %s: %w", authority, &StatusError{Code: code})
 	}
-	var remote net.Addr = pc.tc.RemoteAddr()
+	st.local, st.remote = pc.tc.LocalAddr(), pc.tc.RemoteAddr()
 	if ap, err := netip.ParseAddrPort(authority); err == nil {
-		remote = net.TCPAddrFromAddrPort(ap)
+		st.remote = net.TCPAddrFromAddrPort(ap)
 	}
-	return &tunnel{
-		pw:     pw,
-		body:   resp.Body,
-		local:  pc.tc.LocalAddr(),
-		remote: remote,
-		release: func() {
-			cancel()
-			p.release(pc)
-		},
-	}, false, nil
+	st.onClose = func() { p.release(pc) }
+	return st, false, nil
 }

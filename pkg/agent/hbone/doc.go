@@ -11,34 +11,34 @@
 //
 // # Goroutines and buffering
 //
-// Client, per tunnel: none of ours. x/net runs one goroutine per stream that
-// copies the request body (our io.Pipe) into DATA frames and flushes after
-// each frame, plus one read loop per connection that feeds the response
-// body. Tunnel Write hands bytes synchronously to that goroutine (io.Pipe
-// has no buffer), so nothing is held back and writes are backpressured by
-// HTTP/2 flow control.
+// Both ends run the same small HTTP/2 connection of our own (mux.go) that
+// carries only CONNECT streams: x/net's Framer and hpack do the framing,
+// while the stream table and flow control are ours. x/net's Transport and
+// Server hand every frame between goroutines (a request-body goroutine, a
+// serve loop, a goroutine per write), which cost more CPU per request
+// than the TLS itself; here a stream's Write frames and flushes in the
+// caller's goroutine, and one read loop per connection fills each
+// stream's buffer, which Read takes from. The read loop never writes to
+// the socket (acks, pings and resets go through a queue and one writer
+// goroutine), so a peer that stops reading cannot stall it.
 //
-// Server, per tunnel: x/net's handler goroutine copies app → client and
-// flushes after every write; one goroutine of ours copies client → app.
-// Both use pooled 32 KiB buffers and plain Read/Write loops, never io.Copy
+// Windows: 4 MiB per stream, 32 MiB per connection, given back as the
+// reader consumes, so one stalled tunnel fills its own window and the
+// others on the connection go on. Frames up to 1 MiB. The server relay
+// uses pooled 64 KiB buffers and plain Read/Write loops, never io.Copy
 // between TCP conns (splice moves nothing on sk_msg-redirected sockets).
-// The handler joins its goroutine before returning, so no goroutine
-// outlives a tunnel.
 //
 // # Half-close
 //
-// Client CloseWrite ends the request body (END_STREAM); the server half-
-// closes the application connection and keeps relaying the other way.
-// The reverse direction is weaker: x/net's server can end a response only
-// by returning from the handler, and then resets the request side
-// (RST_STREAM NO_ERROR, RFC 9113 §8.1). So when the application closes its
-// write side, the client reads EOF promptly, but bytes it sends afterwards
-// are dropped, as if the application had closed the connection fully.
+// Either end's CloseWrite sends END_STREAM; the other end reads EOF and
+// can go on sending, both ways, as over TCP: the server relay passes the
+// application's FIN on and keeps relaying the client's bytes.
 //
 // # Deadlines
 //
-// Tunnel conns accept SetDeadline, SetReadDeadline and SetWriteDeadline
-// and ignore them (they return nil): an HTTP/2 stream cannot time out a
-// blocked Read without resetting itself. Relays enforce idle timeouts with
-// their own timers and Close, which unblocks Read and Write at once.
+// Tunnel conns keep read and write deadlines as TCP conns do: past one,
+// Read (waiting for data) or Write (waiting for flow-control window)
+// fails with os.ErrDeadlineExceeded, and the stream stays usable once the
+// deadline is moved. net/http's server relies on this to interrupt its
+// background read.
 package hbone

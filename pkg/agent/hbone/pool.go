@@ -12,8 +12,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // Port is the HBONE port a destination pod listens on.
@@ -55,7 +53,6 @@ type Pool struct {
 	Log *slog.Logger
 
 	initOnce   sync.Once
-	t          *http2.Transport
 	handshakes atomic.Uint64
 
 	// mu guards the fields below.
@@ -65,12 +62,12 @@ type Pool struct {
 	closed   bool
 }
 
-// pconn is one HBONE connection. Its fields other than ready, cc and err
-// are guarded by Pool.mu; cc and err are written once before ready closes.
+// pconn is one HBONE connection. Its fields other than ready, mc, tc and
+// err are guarded by Pool.mu; those are written once before ready closes.
 type pconn struct {
 	key     Key
 	ready   chan struct{}
-	cc      *http2.ClientConn
+	mc      *mux
 	tc      *tls.Conn
 	err     error
 	active  int // tunnels reserved or open
@@ -81,26 +78,19 @@ var errPoolClosed = errors.New("hbone: pool closed")
 
 func (p *Pool) init() {
 	p.initOnce.Do(func() {
-		idle := p.IdleTimeout
-		if idle == 0 {
-			idle = 90 * time.Second
-		}
-		p.t = &http2.Transport{
-			DisableCompression: true, // no accept-encoding on CONNECT
-			IdleConnTimeout:    idle,
-			ReadIdleTimeout:    30 * time.Second, // ping a silent peer
-			PingTimeout:        15 * time.Second,
-			// x/net clips 0 to 16 KiB, which makes the server cut
-			// responses into 16 KiB DATA frames, each written and
-			// flushed on its own: advertise what x/net's server does.
-			MaxReadFrameSize: 1 << 20,
-		}
 		if p.Log == nil {
 			p.Log = slog.New(slog.DiscardHandler)
 		}
 		p.conns = make(map[Key][]*pconn)
 		p.draining = make(map[*pconn]struct{})
 	})
+}
+
+func (p *Pool) idleTimeout() time.Duration {
+	if p.IdleTimeout > 0 {
+		return p.IdleTimeout
+	}
+	return 90 * time.Second
 }
 
 func (p *Pool) maxStreams() int {
@@ -190,11 +180,11 @@ func (p *Pool) pickLocked(k Key) *pconn {
 	var found *pconn
 	for i := 0; i < len(list); i++ {
 		pc := list[i]
-		if isReady(pc) && (pc.err != nil || !pc.cc.CanTakeNewRequest()) {
+		if isReady(pc) && (pc.err != nil || !pc.mc.canOpen()) {
 			list = slices.Delete(list, i, i+1)
 			i--
 			if pc.err == nil && p.retireLocked(pc) {
-				pc.cc.Close() // dead already; Close frees its resources
+				pc.mc.Close() // dead already; Close frees its resources
 			}
 			continue
 		}
@@ -226,8 +216,8 @@ func isReady(pc *pconn) bool {
 // when lower.
 func (p *Pool) limit(pc *pconn) int {
 	n := p.maxStreams()
-	if isReady(pc) && pc.cc != nil {
-		if m := int(pc.cc.State().MaxConcurrentStreams); m > 0 && m < n {
+	if isReady(pc) && pc.mc != nil {
+		if m := int(pc.mc.maxStreams()); m > 0 && m < n {
 			n = m
 		}
 	}
@@ -239,13 +229,13 @@ func (p *Pool) limit(pc *pconn) int {
 func (p *Pool) release(pc *pconn) {
 	p.mu.Lock()
 	pc.active--
-	closeNow := pc.retired && pc.active == 0 && pc.cc != nil
+	closeNow := pc.retired && pc.active == 0 && pc.mc != nil
 	if closeNow {
 		delete(p.draining, pc)
 	}
 	p.mu.Unlock()
 	if closeNow {
-		pc.cc.Close()
+		pc.mc.Close()
 	}
 }
 
@@ -269,7 +259,7 @@ func (p *Pool) Retire(match func(Key) bool) {
 	}
 	p.mu.Unlock()
 	for _, pc := range idle {
-		pc.cc.Close()
+		pc.mc.Close()
 	}
 }
 
@@ -278,10 +268,10 @@ func (p *Pool) Retire(match func(Key) bool) {
 // the last release of its waiters.
 func (p *Pool) retireLocked(pc *pconn) bool {
 	pc.retired = true
-	if !isReady(pc) || pc.cc == nil {
+	if !isReady(pc) || pc.mc == nil {
 		return false
 	}
-	pc.cc.SetDoNotReuse()
+	pc.mc.noNewStreams()
 	if pc.active == 0 {
 		return true
 	}
@@ -297,7 +287,7 @@ func (p *Pool) Stats() PoolStats {
 	s := PoolStats{Handshakes: p.handshakes.Load()}
 	count := func(pc *pconn) {
 		s.Streams += pc.active
-		if isReady(pc) && pc.cc != nil && !pc.cc.State().Closed {
+		if isReady(pc) && pc.mc != nil && !pc.mc.dead() {
 			s.Connections++
 		}
 	}
@@ -331,8 +321,8 @@ func (p *Pool) Close() error {
 	p.conns, p.draining = map[Key][]*pconn{}, map[*pconn]struct{}{}
 	p.mu.Unlock()
 	for _, pc := range all {
-		if isReady(pc) && pc.cc != nil { // a dial under way closes its own conn
-			pc.cc.Close()
+		if isReady(pc) && pc.mc != nil { // a dial under way closes its own conn
+			pc.mc.Close()
 		}
 	}
 	return nil

@@ -46,13 +46,12 @@ type Server struct {
 	Log *slog.Logger
 
 	initOnce sync.Once
-	h1       *http.Server // only carries x/net's graceful-shutdown hook
-	h2       *http2.Server
 	log      *slog.Logger
 
 	// mu guards the fields below.
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
+	conns     map[*mux]struct{} // served HTTP/2 connections, for Close
 	closed    bool
 	accepting sync.WaitGroup // Serve loops
 }
@@ -67,14 +66,8 @@ func (s *Server) init() {
 		if s.log == nil {
 			s.log = slog.New(slog.DiscardHandler)
 		}
-		s.h1 = &http.Server{}
-		s.h2 = &http2.Server{MaxConcurrentStreams: 1000}
-		// ConfigureServer links h1.Shutdown to x/net's graceful GOAWAY on
-		// every connection served by s.h2; h1 serves nothing itself.
-		if err := http2.ConfigureServer(s.h1, s.h2); err != nil {
-			panic(err) // only fails for TLS 1.2 cipher lists, and h1 has none
-		}
 		s.listeners = make(map[net.Listener]struct{})
+		s.conns = make(map[*mux]struct{})
 	})
 }
 
@@ -142,15 +135,30 @@ func (s *Server) serveConn(c net.Conn) {
 		tc.Close()
 		return
 	}
+	h := &connHandler{s: s, state: cs, local: tc.LocalAddr(), remote: tc.RemoteAddr()}
+	mc := newMux(tc, false)
+	mc.onStream = h.serveStream
 	s.mu.Lock()
 	closed := s.closed
+	if !closed {
+		s.conns[mc] = struct{}{}
+	}
 	s.mu.Unlock()
 	if closed {
 		tc.Close()
 		return
 	}
-	h := &connHandler{s: s, state: cs, local: tc.LocalAddr(), remote: tc.RemoteAddr()}
-	s.h2.ServeConn(tc, &http2.ServeConnOpts{BaseConfig: s.h1, Handler: h})
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, mc)
+		s.mu.Unlock()
+	}()
+	if err := mc.start(); err != nil {
+		s.log.Debug("hbone http2 preface", "remote", c.RemoteAddr(), "err", err)
+		return
+	}
+	go mc.keepalive(0, readIdleTimeout, pingTimeout)
+	<-mc.done
 }
 
 // connHandler serves the CONNECT streams of one HBONE connection.
@@ -160,71 +168,65 @@ type connHandler struct {
 	local, remote net.Addr
 }
 
-func (h *connHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	w.Header()["Date"] = nil // x/net adds none when the key is present
-	if r.Method != http.MethodConnect {
-		w.Header().Set("Allow", http.MethodConnect)
-		w.WriteHeader(http.StatusMethodNotAllowed)
-		return
-	}
-	req := &Request{Authority: r.Host, Header: r.Header, State: h.state, Local: h.local, Remote: h.remote}
+// serveStream answers one CONNECT and then carries the tunnel, in the
+// stream's own goroutine.
+func (h *connHandler) serveStream(st *muxStream, authority string, hdr http.Header) {
+	st.local, st.remote = h.local, h.remote
+	defer st.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req := &Request{Authority: authority, Header: hdr, State: h.state, Local: h.local, Remote: h.remote}
 	var serve func(net.Conn)
 	var err error
 	if h.s.Stream != nil {
-		serve, err = h.s.Stream(r.Context(), req)
+		serve, err = h.s.Stream(ctx, req)
 	}
 	var app net.Conn
 	if err == nil && serve == nil {
-		app, err = h.s.Handle(r.Context(), req)
+		app, err = h.s.Handle(ctx, req)
 		if err == nil && app == nil {
 			err = errors.New("hbone: Handle returned neither a conn nor an error")
 		}
 	}
 	if err != nil {
-		h.refuse(w, r, err)
+		h.refuse(st, authority, err)
 		return
 	}
 	if app != nil {
 		defer app.Close()
 	}
-	flusher, ok := w.(interface{ FlushError() error })
-	if !ok {
-		w.WriteHeader(http.StatusInternalServerError)
+	if st.respond(http.StatusOK) != nil {
 		return
 	}
-	w.WriteHeader(http.StatusOK)
-	if err := flusher.FlushError(); err != nil {
-		return
-	}
-	st := &stream{body: r.Body, w: w, flush: flusher.FlushError, local: h.local, remote: h.remote}
 	if serve != nil {
 		serve(st)
+		st.CloseWrite() // the stream's end, after whatever serve wrote
 		return
 	}
 	relay(st, app)
 }
 
 // refuse answers a CONNECT that Stream or Handle refused.
-func (h *connHandler) refuse(w http.ResponseWriter, r *http.Request, err error) {
+func (h *connHandler) refuse(st *muxStream, authority string, err error) {
 	code := http.StatusBadGateway
 	switch {
 	case errors.Is(err, ErrDenied):
 		code = http.StatusForbidden
-		h.s.log.Info("hbone denied", "authority", r.Host, "remote", h.remote, "err", err)
+		h.s.log.Info("hbone denied", "authority", authority, "remote", h.remote, "err", err)
 	case errors.Is(err, syscall.ECONNREFUSED):
 		code = http.StatusServiceUnavailable
 	}
 	if code != http.StatusForbidden {
-		h.s.log.Debug("hbone upstream", "authority", r.Host, "code", code, "err", err)
+		h.s.log.Debug("hbone upstream", "authority", authority, "code", code, "err", err)
 	}
-	w.WriteHeader(code)
+	st.respond(code)
 }
 
 // relay moves bytes between the client stream and the application until
-// both directions end. app → client runs here, in x/net's handler
-// goroutine; client → app runs in one goroutine of ours, joined before
-// relay returns.
-func relay(st *stream, app net.Conn) {
+// both directions end, passing each side's half-close on: app → client
+// runs here, client → app in one goroutine of ours, joined before relay
+// returns.
+func relay(st *muxStream, app net.Conn) {
 	upDone := make(chan struct{})
 	go func() { // hbone-up: client → app
 		defer close(upDone)
@@ -236,11 +238,12 @@ func relay(st *stream, app net.Conn) {
 			cw.CloseWrite() // client half-closed: pass the FIN on
 		}
 	}()
-	copyBuf(st, app) // hbone-down: app → client
-	// The response ends when we return, and x/net then resets the request
-	// side, so client → app is over too: unblock it and join.
-	app.Close()
-	st.Close()
+	if err := copyBuf(st, app); err != nil { // hbone-down: app → client
+		st.Close() // app reset or client gone: reset the stream
+		app.Close()
+	} else {
+		st.CloseWrite() // app half-closed: END_STREAM, keep reading
+	}
 	<-upDone
 }
 
@@ -259,9 +262,14 @@ func (s *Server) Close() error {
 	for l := range s.listeners {
 		l.Close()
 	}
+	conns := make([]*mux, 0, len(s.conns))
+	for mc := range s.conns {
+		conns = append(conns, mc)
+	}
 	s.mu.Unlock()
 	s.accepting.Wait()
-	// h1 tracks no connections, so Shutdown returns at once after running
-	// the GOAWAY hook.
-	return s.h1.Shutdown(context.Background())
+	for _, mc := range conns {
+		mc.drain(true)
+	}
+	return nil
 }

@@ -146,7 +146,7 @@ func (s *Server) ServeConn(c net.Conn, dst *Local, caller Caller, port uint16) {
 		ErrorLog:   discardLog,
 		BufferPool: &proxyBuffers,
 	}
-	serveOne(newDeadlineConn(c), proxy, tunnelIdleTimeout)
+	serveOne(c, proxy, tunnelIdleTimeout) // c keeps read deadlines (HBONE streams do), as net/http needs
 }
 
 type roundTripFunc func(*http.Request) (*http.Response, error)
