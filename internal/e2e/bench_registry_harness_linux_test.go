@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -18,11 +19,12 @@ import (
 
 	"github.com/cilium/ebpf"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/hms-node/hms-node/pkg/agent/registry"
 	"github.com/hms-node/hms-node/pkg/api"
 	"github.com/hms-node/hms-node/pkg/control"
+	mtls "github.com/hms-node/hms-node/pkg/tls"
 )
 
 // benchControl is an in-process control plane with its embedded etcd in a
@@ -30,8 +32,9 @@ import (
 type benchControl struct {
 	srv     *control.Server
 	dataDir string
-	conn    *grpc.ClientConn // for Registry calls
+	conn    *grpc.ClientConn // the admin's, for Registry calls
 	reg     api.RegistryClient
+	id      api.IdentityClient // the admin's, for join tokens
 }
 
 func startBenchControl(b *testing.B, heartbeat time.Duration) *benchControl {
@@ -55,8 +58,52 @@ func startBenchControl(b *testing.B, heartbeat time.Duration) *benchControl {
 	case <-time.After(time.Minute):
 		b.Fatal("control plane not ready after 1m")
 	}
-	conn := dialControl(b, srv.Addr(), bigRecv)
-	return &benchControl{srv: srv, dataDir: dir, conn: conn, reg: api.NewRegistryClient(conn)}
+	ac, err := control.LoadAdminConfig(filepath.Join(dir, "admin.yaml"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	tc, err := ac.TLS()
+	if err != nil {
+		b.Fatal(err)
+	}
+	conn := dialControl(b, srv.Addr(), tc, bigRecv)
+	return &benchControl{srv: srv, dataDir: dir, conn: conn, reg: api.NewRegistryClient(conn), id: api.NewIdentityClient(conn)}
+}
+
+// joinNode trades a fresh join token for a certificate of node, as an
+// agent's first start does, and returns the node's TLS config for the
+// agent stream.
+func (c *benchControl) joinNode(b *testing.B, node string) *tls.Config {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tok, err := c.id.CreateToken(ctx, &api.CreateTokenRequest{TtlMs: time.Hour.Milliseconds()})
+	if err != nil {
+		b.Fatalf("join token: %v", err)
+	}
+	jt, err := control.JoinTLS(tok.Token)
+	if err != nil {
+		b.Fatal(err)
+	}
+	key, err := mtls.NewKey()
+	if err != nil {
+		b.Fatal(err)
+	}
+	csr, err := mtls.NewCSR(key, mtls.NodeID(control.DefaultTrustDomain, node))
+	if err != nil {
+		b.Fatal(err)
+	}
+	jc := dialControl(b, c.srv.Addr(), jt)
+	defer jc.Close()
+	r, err := api.NewIdentityClient(jc).Join(ctx, &api.JoinRequest{Token: tok.Token, Node: node, Csr: csr})
+	if err != nil {
+		b.Fatalf("join %s: %v", node, err)
+	}
+	kp, err := mtls.KeyPair(r.ChainPem, key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return control.AgentTLS(r.BundlePem, mtls.StaticClientCertificate(kp))
 }
 
 // benchLog logs the control plane's and the agents' events at Info, but
@@ -98,9 +145,9 @@ func (q quietEtcd) WithGroup(name string) slog.Handler { return quietEtcd{q.Hand
 // which a snapshot of a large registry exceeds.
 var bigRecv = grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32))
 
-func dialControl(b *testing.B, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
+func dialControl(b *testing.B, addr string, tc *tls.Config, opts ...grpc.DialOption) *grpc.ClientConn {
 	b.Helper()
-	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
+	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}, opts...)
 	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		b.Fatal(err)
@@ -127,11 +174,11 @@ type benchAgent struct {
 	done   chan struct{}
 }
 
-func newBenchAgent(b *testing.B, addr, node string, opts ...grpc.DialOption) *benchAgent {
+func newBenchAgent(b *testing.B, cp *benchControl, node string, opts ...grpc.DialOption) *benchAgent {
 	b.Helper()
 	t := registry.NewTable()
 	a := &benchAgent{table: t, done: make(chan struct{})}
-	a.client = &registry.Client{Conn: dialControl(b, addr, opts...), Node: &api.Node{Name: node}, Table: t,
+	a.client = &registry.Client{Conn: dialControl(b, cp.srv.Addr(), cp.joinNode(b, node), opts...), Node: &api.Node{Name: node}, Table: t,
 		Log: benchLog().With("agent", node)}
 	return a
 }

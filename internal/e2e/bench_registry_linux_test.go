@@ -80,7 +80,7 @@ func BenchmarkPrivilegedPropagation(b *testing.B) {
 	maps := make([]*vipMap, propAgents)
 	var mapErr atomic.Value
 	for i := range agents {
-		a := newBenchAgent(b, cp.srv.Addr(), fmt.Sprintf("node-%03d", i))
+		a := newBenchAgent(b, cp, fmt.Sprintf("node-%03d", i))
 		m := newVIPMap(b)
 		a.client.OnChange = func() {
 			if err := m.sync(a.table); err != nil {

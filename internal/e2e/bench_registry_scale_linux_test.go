@@ -112,7 +112,7 @@ func runScale(b *testing.B) scaleResult {
 	benchStep(b, "connecting %d agents in waves of %d", scaleAgents, r.wave)
 	regs := make([]*benchAgent, scaleAgents)
 	for a := range regs {
-		regs[a] = newBenchAgent(b, cp.srv.Addr(), fmt.Sprintf("node-%03d", a), bigRecv, grpc.WithStreamInterceptor(discardRecv))
+		regs[a] = newBenchAgent(b, cp, fmt.Sprintf("node-%03d", a), bigRecv, grpc.WithStreamInterceptor(discardRecv))
 		regs[a].client.Instances = func() []*api.Instance { return scaleInstancesOf(a) }
 		regs[a].run(b)
 		if (a+1)%r.wave == 0 || a+1 == len(regs) {
@@ -148,7 +148,7 @@ func runScale(b *testing.B) scaleResult {
 // probeDefaultLimit connects an agent dialled like pkg/agent dials (gRPC
 // defaults) and returns why its stream fails, or "" if it syncs.
 func probeDefaultLimit(b *testing.B, cp *benchControl) string {
-	a := newBenchAgent(b, cp.srv.Addr(), "probe-default")
+	a := newBenchAgent(b, cp, "probe-default")
 	a.run(b)
 	defer a.stop()
 	deadline := time.Now().Add(20 * time.Second)
@@ -168,7 +168,7 @@ func probeDefaultLimit(b *testing.B, cp *benchControl) string {
 // newAgentSync times a new agent (receive limit raised) from connect until
 // its table holds every endpoint.
 func newAgentSync(b *testing.B, cp *benchControl) time.Duration {
-	a := newBenchAgent(b, cp.srv.Addr(), "new-agent", bigRecv)
+	a := newBenchAgent(b, cp, "new-agent", bigRecv)
 	full := make(chan time.Time, 1)
 	var once sync.Once
 	a.client.OnChange = func() {
