@@ -45,7 +45,8 @@ func tapCmd() *cobra.Command {
 			"UTC), time_unix_nano, reporter, node, source_workload, source_principal,\n" +
 			"destination_service, destination_principal, endpoint, method, path, protocol,\n" +
 			"status, latency_us, retries, flags, trace_id, connection_security_policy,\n" +
-			"request_bytes, response_bytes.",
+			"request_bytes, response_bytes, grpc_status (gRPC calls: the grpc-status code they\n" +
+			"ended with; protocol is then \"gRPC\").",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !cmd.Flags().Changed("last") && follow {
@@ -231,6 +232,7 @@ type tapped struct {
 	ConnectionSecurityPolicy string `json:"connection_security_policy"`
 	RequestBytes             int64  `json:"request_bytes"`
 	ResponseBytes            int64  `json:"response_bytes"`
+	GRPCStatus               string `json:"grpc_status"` // "" unless protocol is gRPC
 }
 
 func toTapped(c *api.Call) tapped {
@@ -242,7 +244,7 @@ func toTapped(c *api.Call) tapped {
 		Endpoint: c.GetEndpoint(), Method: c.GetMethod(), Path: c.GetPath(), Protocol: c.GetProtocol(),
 		Status: c.GetStatus(), LatencyUs: c.GetLatencyUs(), Retries: c.GetRetries(), Flags: c.GetFlags(),
 		TraceID: c.GetTraceId(), ConnectionSecurityPolicy: c.GetConnectionSecurityPolicy(),
-		RequestBytes: c.GetRequestBytes(), ResponseBytes: c.GetResponseBytes(),
+		RequestBytes: c.GetRequestBytes(), ResponseBytes: c.GetResponseBytes(), GRPCStatus: c.GetGrpcStatus(),
 	}
 }
 

@@ -26,6 +26,8 @@ type tappedCall struct {
 	Status             uint32 `json:"status"`
 	LatencyUs          int64  `json:"latency_us"`
 	TraceID            string `json:"trace_id"`
+	Protocol           string `json:"protocol"`
+	GRPCStatus         string `json:"grpc_status"`
 }
 
 // cliSplit runs a control-plane verb like cli, keeping stdout (what

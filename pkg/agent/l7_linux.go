@@ -234,6 +234,7 @@ func (p *pod) fastTransport(a *Agent) *l7.Transport {
 		p.httpFast = &l7.Transport{
 			Dial:           fb.DialContext,
 			Fallback:       fb,
+			H2:             l7.H2CTransport(fb.DialContext),
 			MaxIdlePerHost: fb.MaxIdleConnsPerHost,
 			IdleTimeout:    fb.IdleConnTimeout,
 		}

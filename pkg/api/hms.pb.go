@@ -1115,11 +1115,12 @@ type Call struct {
 	Retries                  uint32                 `protobuf:"varint,12,opt,name=retries,proto3" json:"retries,omitempty"`
 	Flags                    string                 `protobuf:"bytes,13,opt,name=flags,proto3" json:"flags,omitempty"`                                                                         // Istio response flags: "-", UF, UH, UO, UT, RL, URX, DC
 	TraceId                  string                 `protobuf:"bytes,14,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`                                                      // x-hms-trace-id
-	Protocol                 string                 `protobuf:"bytes,15,opt,name=protocol,proto3" json:"protocol,omitempty"`                                                                   // "HTTP/1.1" or "HTTP/2"
+	Protocol                 string                 `protobuf:"bytes,15,opt,name=protocol,proto3" json:"protocol,omitempty"`                                                                   // "HTTP/1.1", "HTTP/2", or "gRPC" (HTTP/2 with content-type application/grpc)
 	DestinationPrincipal     string                 `protobuf:"bytes,16,opt,name=destination_principal,json=destinationPrincipal,proto3" json:"destination_principal,omitempty"`               // the callee's SPIFFE ID
 	ConnectionSecurityPolicy string                 `protobuf:"bytes,17,opt,name=connection_security_policy,json=connectionSecurityPolicy,proto3" json:"connection_security_policy,omitempty"` // "mutual_tls" or "none"
 	RequestBytes             int64                  `protobuf:"varint,18,opt,name=request_bytes,json=requestBytes,proto3" json:"request_bytes,omitempty"`
 	ResponseBytes            int64                  `protobuf:"varint,19,opt,name=response_bytes,json=responseBytes,proto3" json:"response_bytes,omitempty"`
+	GrpcStatus               string                 `protobuf:"bytes,20,opt,name=grpc_status,json=grpcStatus,proto3" json:"grpc_status,omitempty"` // gRPC calls: the grpc-status the server ended with ("" when it sent none)
 	unknownFields            protoimpl.UnknownFields
 	sizeCache                protoimpl.SizeCache
 }
@@ -1285,6 +1286,13 @@ func (x *Call) GetResponseBytes() int64 {
 		return x.ResponseBytes
 	}
 	return 0
+}
+
+func (x *Call) GetGrpcStatus() string {
+	if x != nil {
+		return x.GrpcStatus
+	}
+	return ""
 }
 
 // TapRequest asks for the calls of one service (as caller or callee).
@@ -3533,7 +3541,7 @@ const file_hms_proto_rawDesc = "" +
 	"\x0fSetRouteRequest\x12#\n" +
 	"\x05route\x18\x01 \x01(\v2\r.hms.v1.RouteR\x05route\"7\n" +
 	"\x10SetRouteResponse\x12#\n" +
-	"\x05route\x18\x01 \x01(\v2\r.hms.v1.RouteR\x05route\"\x86\x05\n" +
+	"\x05route\x18\x01 \x01(\v2\r.hms.v1.RouteR\x05route\"\xa7\x05\n" +
 	"\x04Call\x12$\n" +
 	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x1a\n" +
 	"\breporter\x18\x02 \x01(\tR\breporter\x12\x12\n" +
@@ -3555,7 +3563,9 @@ const file_hms_proto_rawDesc = "" +
 	"\x15destination_principal\x18\x10 \x01(\tR\x14destinationPrincipal\x12<\n" +
 	"\x1aconnection_security_policy\x18\x11 \x01(\tR\x18connectionSecurityPolicy\x12#\n" +
 	"\rrequest_bytes\x18\x12 \x01(\x03R\frequestBytes\x12%\n" +
-	"\x0eresponse_bytes\x18\x13 \x01(\x03R\rresponseBytes\"\x80\x01\n" +
+	"\x0eresponse_bytes\x18\x13 \x01(\x03R\rresponseBytes\x12\x1f\n" +
+	"\vgrpc_status\x18\x14 \x01(\tR\n" +
+	"grpcStatus\"\x80\x01\n" +
 	"\n" +
 	"TapRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +

@@ -19,12 +19,16 @@ func replayable(req *http.Request) bool {
 		req.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
 		return true
 	}
-	if req.ContentLength > MaxReplayBody || req.Header.Get("Expect") != "" {
+	// A body of unknown length may be a stream the client feeds as
+	// responses arrive (gRPC streaming, any bidirectional exchange):
+	// reading ahead of the backend would stall it, so it is not kept.
+	if req.ContentLength < 0 || req.ContentLength > MaxReplayBody || req.Header.Get("Expect") != "" {
 		return false
 	}
 	buf, err := io.ReadAll(io.LimitReader(req.Body, MaxReplayBody+1))
-	if err != nil || len(buf) > MaxReplayBody {
-		// Too big (or broken): send what was read followed by the rest.
+	if err != nil || len(buf) != int(req.ContentLength) {
+		// Not the length it announced (or broken): send what was read
+		// followed by the rest, and let the transport judge.
 		req.Body = struct {
 			io.Reader
 			io.Closer

@@ -119,7 +119,7 @@ func (o *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		SourcePrincipal: o.src.Principal, SourceWorkload: o.src.Workload,
 		DestinationService: o.dst.key(), DestinationPrincipal: o.dst.Principal,
 		ConnectionSecurityPolicy: o.src.Security,
-		Method:                   r.Method, Path: r.URL.Path, Protocol: r.Proto,
+		Method:                   r.Method, Path: r.URL.Path, Protocol: protocolOf(r),
 		TraceId: traceHeaders(r.Header),
 	}
 	sw := &statusWriter{ResponseWriter: w}
@@ -132,6 +132,9 @@ func (o *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		sw.status = http.StatusBadGateway // the handler wrote nothing: net/http answers nothing useful either
 	}
 	call.Status, call.Flags = uint32(sw.status), flags
+	if call.Protocol == protoGRPC {
+		call.GrpcStatus = grpcStatus(sw.Header(), nil) // the trailers are in the header map by now
+	}
 	call.LatencyUs = time.Since(start).Microseconds()
 	call.RequestBytes, call.ResponseBytes = body.n, sw.bytes
 	if o.cl.Record != nil {

@@ -61,7 +61,7 @@ func (s *Server) RoundTrip(req *http.Request, dst *Local, caller Caller, port ui
 		SourcePrincipal: caller.Principal, SourceWorkload: caller.Workload,
 		DestinationService: dst.key(), DestinationPrincipal: dst.Principal,
 		ConnectionSecurityPolicy: caller.Security,
-		Method:                   req.Method, Path: req.URL.Path, Protocol: req.Proto,
+		Method:                   req.Method, Path: req.URL.Path, Protocol: protocolOf(req),
 		TraceId: req.Header.Get(HeaderTraceID), Flags: "-",
 	}
 	resp, err := s.admitAndSend(req, dst, caller, port, call)
@@ -79,10 +79,18 @@ func (s *Server) RoundTrip(req *http.Request, dst *Local, caller Caller, port ui
 	if req.ContentLength > 0 {
 		call.RequestBytes = req.ContentLength
 	}
-	call.LatencyUs = time.Since(start).Microseconds()
-	if s.Record != nil {
-		s.Record(call)
+	record := func() {
+		call.LatencyUs = time.Since(start).Microseconds()
+		if s.Record != nil {
+			s.Record(call)
+		}
 	}
+	if err == nil && call.Protocol == protoGRPC {
+		// A gRPC call's outcome is its grpc-status trailer, after the body.
+		resp.Body = &grpcBody{ReadCloser: resp.Body, resp: resp, call: call, record: record}
+		return resp, nil
+	}
+	record()
 	if errors.Is(err, errRefused) {
 		return resp, nil
 	}
@@ -167,5 +175,6 @@ func AppTransport(dial func(ctx context.Context, network, addr string) (net.Conn
 			ExpectContinueTimeout: time.Second,
 			DisableCompression:    true, // pass bodies through as the application sent them
 		},
+		H2: H2CTransport(dial),
 	}
 }

@@ -23,8 +23,12 @@ import (
 type Transport struct {
 	// Dial opens a connection to addr (host:port).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
-	// Fallback serves the requests the fast path does not.
+	// Fallback serves the HTTP/1 requests the fast path does not.
 	Fallback *http.Transport
+	// H2, when set, serves the requests that arrived over HTTP/2: they
+	// go on as h2c (prior knowledge), so gRPC keeps HTTP/2 and its
+	// trailers end to end. Without it they are sent as HTTP/1.1.
+	H2 *http.Transport
 	// MaxIdlePerHost bounds the idle connections kept per address
 	// (0 = 64); IdleTimeout drops older ones (0 = 60 s).
 	MaxIdlePerHost int
@@ -64,6 +68,9 @@ func fast(req *http.Request) bool {
 // RoundTrip sends req on a pooled connection when it can, else through
 // Fallback.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.ProtoMajor == 2 && t.H2 != nil {
+		return t.H2.RoundTrip(req)
+	}
 	if !fast(req) {
 		return t.Fallback.RoundTrip(req)
 	}
@@ -227,4 +234,20 @@ func (t *Transport) CloseIdleConnections() {
 	if t.Fallback != nil {
 		t.Fallback.CloseIdleConnections()
 	}
+	if t.H2 != nil {
+		t.H2.CloseIdleConnections()
+	}
+}
+
+// H2CTransport is an http.Transport that speaks only h2c with prior
+// knowledge over the connections dial opens, for Transport.H2.
+func H2CTransport(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Transport {
+	t := &http.Transport{
+		DialContext:        dial,
+		IdleConnTimeout:    60 * time.Second,
+		DisableCompression: true, // pass bodies through as the application sent them
+		Protocols:          new(http.Protocols),
+	}
+	t.Protocols.SetUnencryptedHTTP2(true)
+	return t
 }

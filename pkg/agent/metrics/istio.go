@@ -82,7 +82,7 @@ func (im *istioMetrics) register(r *prometheus.Registry) {
 // share their series, looked up without building the 25 label values.
 type callKey struct {
 	reporter, src, srcPrincipal, dst, dstPrincipal string
-	flags, protocol, security                      string
+	flags, protocol, security, grpc                string
 	status                                         uint32
 	reached                                        bool // an endpoint answered: the destination workload is known
 }
@@ -101,6 +101,7 @@ func (m *Metrics) ObserveCall(c *api.Call) {
 		reporter: c.Reporter, src: c.SourceWorkload, srcPrincipal: c.SourcePrincipal,
 		dst: c.DestinationService, dstPrincipal: c.DestinationPrincipal,
 		flags: c.Flags, protocol: c.Protocol, security: c.ConnectionSecurityPolicy, status: c.Status,
+		grpc:    grpcLabel(c.GrpcStatus),
 		reached: c.Reporter == "destination" || c.Endpoint != "",
 	}
 	m.callMu.RLock()
@@ -137,7 +138,7 @@ func (m *Metrics) seriesOf(k callKey) *callSeries {
 // requestValues are the values of requestLabels for a call.
 func requestValues(k callKey) []string {
 	v := peerValues(k.reporter, k.src, k.srcPrincipal, k.dst, k.dstPrincipal, k.reached)
-	return append(v, requestProtocol(k.protocol), strconv.FormatUint(uint64(k.status), 10), "",
+	return append(v, requestProtocol(k.protocol), strconv.FormatUint(uint64(k.status), 10), k.grpc,
 		or(k.flags, "-"), or(k.security, unknown))
 }
 
@@ -186,8 +187,21 @@ func revision(nsSvc string) string {
 	return "latest"
 }
 
+// grpcLabel is grpc_response_status for a call's grpc-status: "" for
+// calls that are not gRPC, as in Istio; a code the gRPC spec does not
+// define (0–16) is "unknown", so a server cannot grow the label set.
+func grpcLabel(status string) string {
+	if status == "" {
+		return ""
+	}
+	if n, err := strconv.Atoi(status); err == nil && n >= 0 && n <= 16 {
+		return strconv.Itoa(n)
+	}
+	return unknown
+}
+
 // requestProtocol is Istio's request_protocol: "http" for HTTP/1.x and
-// HTTP/2 alike (gRPC is not told apart yet).
+// HTTP/2 alike, "grpc" for gRPC calls.
 func requestProtocol(proto string) string {
 	if strings.HasPrefix(proto, "HTTP/") {
 		return "http"

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"io"
+	"maps"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -369,4 +370,28 @@ func BenchmarkObserveCall(b *testing.B) {
 			m.ObserveCall(c)
 		}
 	})
+}
+
+// gRPC calls are request_protocol "grpc" with their grpc-status in
+// grpc_response_status; a status outside the spec's 0–16 is "unknown", so
+// a server cannot grow the label set.
+func TestGRPCCallsLabelled(t *testing.T) {
+	m := New("n1")
+	for _, st := range []string{"0", "0", "5", "999", "x"} {
+		c := sourceCall(200)
+		c.Protocol, c.GrpcStatus = "gRPC", st
+		m.ObserveCall(c)
+	}
+	got := map[string]float64{}
+	for _, s := range family(t, m, "istio_requests_total").GetMetric() {
+		l := labels(s)
+		if l["request_protocol"] != "grpc" {
+			t.Errorf("request_protocol %q, want grpc", l["request_protocol"])
+		}
+		got[l["grpc_response_status"]] += s.GetCounter().GetValue()
+	}
+	want := map[string]float64{"0": 2, "5": 1, "unknown": 2}
+	if !maps.Equal(got, want) {
+		t.Fatalf("requests by grpc_response_status %v, want %v", got, want)
+	}
 }

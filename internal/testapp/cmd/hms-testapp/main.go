@@ -19,7 +19,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: hms-testapp http|https|banner|banner-client|upgrade-client|hload|echo|bulk-server|dns|bulk|rr|peer|loop|dnsq [flags]")
+		fmt.Fprintln(os.Stderr, "usage: hms-testapp http|https|grpc|grpc-client|banner|banner-client|upgrade-client|hload|echo|bulk-server|dns|bulk|rr|peer|loop|dnsq [flags]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
@@ -68,6 +68,12 @@ func main() {
 			os.Exit(1)
 		}
 		return
+	case "grpc-client":
+		if err := testapp.GRPCClient(*addr, *name, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "hms-testapp:", err)
+			os.Exit(1)
+		}
+		return
 	case "dnsq":
 		got, err := testapp.QueryUnconnected(*addr, *name)
 		if err != nil {
@@ -87,6 +93,12 @@ func run(mode, addr, body, name, ip string, size, n int, bytes int64, dir string
 	switch mode {
 	case "http":
 		return http.ListenAndServe(addr, &testapp.HTTPApp{Body: body})
+	case "grpc":
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		return testapp.ServeGRPC(l, name)
 	case "banner":
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
