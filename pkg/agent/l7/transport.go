@@ -25,9 +25,11 @@ type Transport struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Fallback serves the HTTP/1 requests the fast path does not.
 	Fallback *http.Transport
-	// H2, when set, serves the requests that arrived over HTTP/2: they
-	// go on as h2c (prior knowledge), so gRPC keeps HTTP/2 and its
-	// trailers end to end. Without it they are sent as HTTP/1.1.
+	// H2, when set, serves gRPC requests (HTTP/2 with an
+	// application/grpc content type): they go on as h2c (prior
+	// knowledge), since a gRPC server speaks nothing else and needs the
+	// trailers. Every other request is sent as HTTP/1.1, which every
+	// HTTP application speaks, whatever the client used.
 	H2 *http.Transport
 	// MaxIdlePerHost bounds the idle connections kept per address
 	// (0 = 64); IdleTimeout drops older ones (0 = 60 s).
@@ -68,7 +70,7 @@ func fast(req *http.Request) bool {
 // RoundTrip sends req on a pooled connection when it can, else through
 // Fallback.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.ProtoMajor == 2 && t.H2 != nil {
+	if t.H2 != nil && protocolOf(req) == protoGRPC {
 		return t.H2.RoundTrip(req)
 	}
 	if !fast(req) {
