@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"strconv"
 	"strings"
 	"time"
@@ -139,22 +138,6 @@ func plain(req *http.Request, code int, body string, h http.Header) *http.Respon
 		Header: h, Body: io.NopCloser(strings.NewReader(body)), ContentLength: int64(len(body)),
 		Request: req,
 	}
-}
-
-// ServeConn serves the HTTP requests a caller's agent sends over one
-// tunnel to dst's port.
-func (s *Server) ServeConn(c net.Conn, dst *Local, caller Caller, port uint16) {
-	proxy := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.Host = pr.In.Host
-		},
-		Transport: roundTripFunc(func(req *http.Request) (*http.Response, error) {
-			return s.RoundTrip(req, dst, caller, port)
-		}),
-		ErrorLog:   discardLog,
-		BufferPool: &proxyBuffers,
-	}
-	serveOne(c, proxy, tunnelIdleTimeout) // c keeps read deadlines (HBONE streams do), as net/http needs
 }
 
 type roundTripFunc func(*http.Request) (*http.Response, error)

@@ -1,0 +1,332 @@
+package l7
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/textproto"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// The called side serves its tunnels with a request loop of its own
+// rather than net/http's Server: only the calling agent speaks on a
+// tunnel, one request at a time, so the loop reads a request, hands it
+// to the application and writes the answer, all in the tunnel's
+// goroutine. net/http's Server starts a background read per request and
+// waits for it to stop before the next one, two goroutine hand-offs per
+// request that cost more than the rest of the work on a busy node. An
+// h2c tunnel (gRPC, HTTP/2 clients) still goes to net/http's Server.
+
+// h2Preface starts every h2c (prior knowledge) connection.
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// maxDrain bounds how much of a request body the application left unread
+// is read away to keep the tunnel for the next request.
+const maxDrain = 256 << 10
+
+var (
+	tunnelReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 8<<10) }}
+	tunnelWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
+)
+
+// ServeConn serves the HTTP requests a caller's agent sends over one
+// tunnel to dst's port, until the tunnel closes or idles for
+// tunnelIdleTimeout.
+func (s *Server) ServeConn(c net.Conn, dst *Local, caller Caller, port uint16) {
+	defer func() {
+		if r := recover(); r != nil {
+			slog.Error("l7: panic serving a tunnel; closing it", "destination", dst.key(), "panic", r, "stack", string(debug.Stack()))
+			c.Close()
+		}
+	}()
+	br := tunnelReaders.Get().(*bufio.Reader)
+	br.Reset(c)
+	defer func() { br.Reset(nil); tunnelReaders.Put(br) }()
+	c.SetReadDeadline(time.Now().Add(tunnelIdleTimeout))
+	if p, err := br.Peek(3); err == nil && string(p) == h2Preface[:3] {
+		c.SetReadDeadline(time.Time{})
+		serveOne(&bufferedConn{Conn: c, r: br}, s.h2Proxy(dst, caller, port), tunnelIdleTimeout)
+		return
+	}
+	bw := tunnelWriters.Get().(*bufio.Writer)
+	bw.Reset(c)
+	defer func() { bw.Reset(nil); tunnelWriters.Put(bw) }()
+	for {
+		c.SetReadDeadline(time.Now().Add(tunnelIdleTimeout))
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, net.ErrClosed) {
+				writeHead(bw, http.StatusBadRequest, http.Header{"Content-Length": {"0"}, "Connection": {"close"}})
+				bw.Flush()
+			}
+			return
+		}
+		c.SetReadDeadline(time.Time{})
+		if !s.serveRequest(c, br, bw, req, dst, caller, port) {
+			return
+		}
+	}
+}
+
+// h2Proxy is the ReverseProxy of an h2c tunnel.
+func (s *Server) h2Proxy(dst *Local, caller Caller, port uint16) http.Handler {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.Host = pr.In.Host
+		},
+		Transport: roundTripFunc(func(req *http.Request) (*http.Response, error) {
+			return s.RoundTrip(req, dst, caller, port)
+		}),
+		ErrorLog:   discardLog,
+		BufferPool: &proxyBuffers,
+	}
+}
+
+// serveRequest forwards one request and writes its answer; it reports
+// whether the tunnel can carry the next one.
+func (s *Server) serveRequest(c net.Conn, br *bufio.Reader, bw *bufio.Writer, req *http.Request, dst *Local, caller Caller, port uint16) bool {
+	body := req.Body
+	if req.Header.Get("Expect") == "100-continue" && req.ContentLength != 0 {
+		// The caller waits for our 100 before it sends the body; it is
+		// sent when the application's side first reads the body, as
+		// net/http's Server does.
+		req.Body = &continueBody{ReadCloser: body, bw: bw}
+	}
+	upgrade := upgradeType(req.Header)
+	removeHopByHop(req.Header)
+	if upgrade != "" {
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", upgrade)
+	}
+	if _, ok := req.Header["User-Agent"]; !ok {
+		req.Header.Set("User-Agent", "") // no Go default towards the application
+	}
+	req.RequestURI = ""
+	resp, err := s.RoundTrip(req, dst, caller, port)
+	if err != nil {
+		msg := "hms-node: the application did not answer: " + err.Error() + "\n"
+		writeHead(bw, http.StatusBadGateway, http.Header{"Content-Type": {"text/plain; charset=utf-8"},
+			"Content-Length": {strconv.Itoa(len(msg))}, "Connection": {"close"}})
+		bw.WriteString(msg)
+		bw.Flush()
+		return false
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		s.relayUpgrade(c, br, bw, resp)
+		return false
+	}
+	keep := !req.Close && !resp.Close
+	if err := writeResponse(bw, req, resp, keep); err != nil {
+		return false
+	}
+	// The next request starts after this one's body: read away what the
+	// application left, if it is little.
+	if n, _ := io.Copy(io.Discard, io.LimitReader(body, maxDrain+1)); n > maxDrain {
+		return false
+	}
+	return keep
+}
+
+// writeResponse writes resp as HTTP/1.1: a sized body in one flush, a
+// body of unknown length chunked and flushed as it arrives (streams),
+// with the application's trailers.
+func writeResponse(bw *bufio.Writer, req *http.Request, resp *http.Response, keep bool) error {
+	h := resp.Header
+	removeHopByHop(h)
+	if !keep {
+		h.Set("Connection", "close")
+	}
+	noBody := req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent ||
+		resp.StatusCode == http.StatusNotModified || resp.StatusCode < 200
+	chunked := !noBody && resp.ContentLength < 0
+	switch {
+	case chunked:
+		h.Del("Content-Length")
+		h.Set("Transfer-Encoding", "chunked")
+		if len(resp.Trailer) > 0 {
+			names := make([]string, 0, len(resp.Trailer))
+			for k := range resp.Trailer {
+				names = append(names, k)
+			}
+			h.Set("Trailer", strings.Join(names, ", "))
+		}
+	case resp.ContentLength >= 0 && resp.StatusCode >= 200 && resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusNotModified:
+		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+	}
+	writeHead(bw, resp.StatusCode, h)
+	if noBody {
+		return bw.Flush()
+	}
+	if !chunked {
+		buf := proxyBuffers.Get()
+		defer proxyBuffers.Put(buf)
+		if _, err := io.CopyBuffer(bw, readerOnly{resp.Body}, buf); err != nil {
+			return err
+		}
+		return bw.Flush()
+	}
+	if err := bw.Flush(); err != nil { // the head goes out at once: a stream's first event may be far off
+		return err
+	}
+	cw := httputil.NewChunkedWriter(bw)
+	buf := proxyBuffers.Get()
+	defer proxyBuffers.Put(buf)
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			if _, err := cw.Write(buf[:n]); err != nil {
+				return err
+			}
+			if err := bw.Flush(); err != nil {
+				return err
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+	cw.Close() // "0\r\n"
+	for k, vv := range resp.Trailer {
+		for _, v := range vv {
+			fmt.Fprintf(bw, "%s: %s\r\n", k, v)
+		}
+	}
+	bw.WriteString("\r\n")
+	return bw.Flush()
+}
+
+// writeHead writes a status line and headers.
+func writeHead(bw *bufio.Writer, code int, h http.Header) {
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(strconv.Itoa(code))
+	bw.WriteByte(' ')
+	bw.WriteString(http.StatusText(code))
+	bw.WriteString("\r\n")
+	h.Write(bw)
+	bw.WriteString("\r\n")
+}
+
+// relayUpgrade answers 101 and relays bytes between the tunnel and the
+// application's upgraded connection until either ends.
+func (s *Server) relayUpgrade(c net.Conn, br *bufio.Reader, bw *bufio.Writer, resp *http.Response) {
+	app, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		return
+	}
+	defer app.Close()
+	upgrade := upgradeType(resp.Header)
+	removeHopByHop(resp.Header)
+	resp.Header.Set("Connection", "Upgrade")
+	resp.Header.Set("Upgrade", upgrade)
+	writeHead(bw, http.StatusSwitchingProtocols, resp.Header)
+	if bw.Flush() != nil {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		io.Copy(writerOnly{c}, readerOnly{app})
+		closeWrite(c)
+	}()
+	io.Copy(writerOnly{app}, readerOnly{br}) // what the caller sent after the request, then the tunnel
+	closeWrite(app)
+	<-done
+}
+
+// closeWrite half-closes c when it can, else closes it.
+func closeWrite(c any) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+		return
+	}
+	if cl, ok := c.(io.Closer); ok {
+		cl.Close()
+	}
+}
+
+// upgradeType is the protocol a request or response upgrades to, or "".
+func upgradeType(h http.Header) string {
+	if !httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
+		return ""
+	}
+	return h.Get("Upgrade")
+}
+
+// hopHeaders are the hop-by-hop headers of RFC 9110 §7.6.1 and their
+// older kin, which a proxy never forwards.
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// removeHopByHop deletes the hop-by-hop headers of h and those its
+// Connection header names; "Te: trailers" is kept (gRPC needs it).
+func removeHopByHop(h http.Header) {
+	trailers := httpguts.HeaderValuesContainsToken(h["Te"], "trailers")
+	for _, v := range h["Connection"] {
+		for _, f := range strings.Split(v, ",") {
+			if f = textproto.TrimString(f); f != "" {
+				h.Del(f)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+	if trailers {
+		h.Set("Te", "trailers")
+	}
+}
+
+// continueBody sends the caller's awaited 100 Continue on the first read.
+type continueBody struct {
+	io.ReadCloser
+	bw   *bufio.Writer
+	sent bool
+}
+
+func (b *continueBody) Read(p []byte) (int, error) {
+	if !b.sent {
+		b.sent = true
+		b.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+		if err := b.bw.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	return b.ReadCloser.Read(p)
+}
+
+// bufferedConn is a conn whose first bytes were read into r already.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// CloseWrite keeps half-close working for upgraded connections.
+func (c *bufferedConn) CloseWrite() error {
+	closeWrite(c.Conn)
+	return nil
+}
+
+// readerOnly and writerOnly hide ReadFrom and WriteTo: io.Copy between
+// TCP conns would splice(2), which moves nothing on redirected sockets.
+type (
+	readerOnly struct{ io.Reader }
+	writerOnly struct{ io.Writer }
+)
