@@ -43,12 +43,12 @@ var (
 
 // ServeConn serves the HTTP requests a caller's agent sends over one
 // tunnel to dst's port, until the tunnel closes or idles for
-// tunnelIdleTimeout.
+// tunnelIdleTimeout, and closes it.
 func (s *Server) ServeConn(c net.Conn, dst *Local, caller Caller, port uint16) {
+	defer c.Close()
 	defer func() {
 		if r := recover(); r != nil {
 			slog.Error("l7: panic serving a tunnel; closing it", "destination", dst.key(), "panic", r, "stack", string(debug.Stack()))
-			c.Close()
 		}
 	}()
 	br := tunnelReaders.Get().(*bufio.Reader)
