@@ -1,0 +1,277 @@
+package l7
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// serveLoop serves HTTP/1.x on an application's connection with a loop
+// of its own: read a request, run h in this goroutine, write the answer,
+// next. net/http's Server starts a background read for every request
+// (to notice a client that leaves) and waits for it to stop before the
+// next request: two goroutine hand-offs per request, a large share of
+// what the L7 path cost over the L4 one on a busy node. The price: a
+// client that leaves mid-request is noticed when its answer is written,
+// not before (the request's timeout still bounds it). h2c connections go
+// to net/http's Server. It closes c when done.
+func serveLoop(c net.Conn, h http.Handler, idle time.Duration) {
+	defer c.Close()
+	defer func() {
+		if r := recover(); r != nil {
+			slog.Error("l7: panic serving a connection; closing it", "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	// The buffers go back to their pools unless a handler took the
+	// connection over: an upgrade's copy may still be reading.
+	pooled := true
+	br := tunnelReaders.Get().(*bufio.Reader)
+	br.Reset(c)
+	defer func() {
+		if pooled {
+			br.Reset(nil)
+			tunnelReaders.Put(br)
+		}
+	}()
+	c.SetReadDeadline(time.Now().Add(idle))
+	if p, err := br.Peek(3); err == nil && string(p) == h2Preface[:3] {
+		c.SetReadDeadline(time.Time{})
+		pooled = false
+		serveOne(&bufferedConn{Conn: c, r: br}, h, idle)
+		return
+	}
+	bw := tunnelWriters.Get().(*bufio.Writer)
+	bw.Reset(c)
+	defer func() {
+		if pooled {
+			bw.Reset(nil)
+			tunnelWriters.Put(bw)
+		}
+	}()
+	for {
+		c.SetReadDeadline(time.Now().Add(idle))
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, net.ErrClosed) &&
+				!errors.Is(err, io.ErrUnexpectedEOF) {
+				writeHead(bw, http.StatusBadRequest, http.Header{"Content-Length": {"0"}, "Connection": {"close"}})
+				bw.Flush()
+			}
+			return
+		}
+		c.SetReadDeadline(time.Time{})
+		req.RemoteAddr = c.RemoteAddr().String()
+		body := req.Body
+		var cont *continueBody
+		if req.ProtoAtLeast(1, 1) && req.ContentLength != 0 && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+			cont = &continueBody{ReadCloser: body, bw: bw}
+			req.Body = cont
+		}
+		w := &loopWriter{c: c, br: br, bw: bw, req: req, h: http.Header{}, length: -1}
+		h.ServeHTTP(w, req)
+		if w.hijacked {
+			pooled = false
+			return
+		}
+		if cont != nil && !cont.sent {
+			// Answered without asking for the body: the client may or may
+			// not send it now, so the connection cannot be read on.
+			w.closeAfter = true
+			if !w.wroteHeader {
+				w.h.Set("Connection", "close")
+			}
+		}
+		if w.finish() != nil || req.Close || w.closeAfter {
+			return
+		}
+		if n, _ := io.Copy(io.Discard, io.LimitReader(body, maxDrain+1)); n > maxDrain {
+			return
+		}
+	}
+}
+
+// loopWriter is the http.ResponseWriter of serveLoop: HTTP/1.1 with a
+// Content-Length when the handler set one, chunked otherwise (HTTP/1.0:
+// close-delimited), trailers, Flush and Hijack (upgrades).
+type loopWriter struct {
+	c   net.Conn
+	br  *bufio.Reader
+	bw  *bufio.Writer
+	req *http.Request
+	h   http.Header
+
+	wroteHeader bool
+	noBody      bool
+	chunked     bool
+	cw          io.WriteCloser
+	length      int64 // declared Content-Length, -1 for none
+	written     int64
+	closeAfter  bool
+	hijacked    bool
+	err         error // the first write error: the connection is gone
+}
+
+func (w *loopWriter) Header() http.Header { return w.h }
+
+func (w *loopWriter) WriteHeader(code int) {
+	if w.wroteHeader || w.hijacked {
+		return
+	}
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		// Informational answers (103 Early Hints) go out at once; 100
+		// Continue is ours to send when the body is read (continueBody).
+		if code != http.StatusContinue {
+			writeHead(w.bw, code, w.h)
+			w.setErr(w.bw.Flush())
+		}
+		return
+	}
+	w.wroteHeader = true
+	h := w.h
+	w.noBody = w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
+	if !w.req.ProtoAtLeast(1, 1) {
+		w.closeAfter = true // HTTP/1.0: one request per connection
+	}
+	switch {
+	case code == http.StatusSwitchingProtocols:
+	case h.Get("Content-Length") != "":
+		n, err := strconv.ParseInt(h.Get("Content-Length"), 10, 64)
+		if err != nil || n < 0 {
+			h.Del("Content-Length")
+			w.closeAfter = true
+		} else {
+			w.length = n
+		}
+	case w.noBody:
+	case !w.closeAfter:
+		w.chunked = true
+		h.Del("Transfer-Encoding")
+		h.Set("Transfer-Encoding", "chunked")
+		w.cw = httputil.NewChunkedWriter(w.bw)
+	}
+	if w.closeAfter || w.req.Close {
+		h.Set("Connection", "close")
+	}
+	var trailers http.Header
+	for k := range h {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			if trailers == nil {
+				trailers = http.Header{}
+			}
+			trailers[k] = h[k]
+			delete(h, k)
+		}
+	}
+	writeHead(w.bw, code, h)
+	for k, v := range trailers {
+		h[k] = v
+	}
+}
+
+func (w *loopWriter) Write(p []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.noBody || w.hijacked {
+		return len(p), nil
+	}
+	if w.length >= 0 && w.written+int64(len(p)) > w.length {
+		return 0, http.ErrContentLength
+	}
+	var n int
+	var err error
+	if w.chunked {
+		n, err = w.cw.Write(p)
+	} else {
+		n, err = w.bw.Write(p)
+	}
+	w.written += int64(n)
+	w.setErr(err)
+	return n, err
+}
+
+// Flush sends what is buffered: ReverseProxy flushes streamed bodies.
+func (w *loopWriter) Flush() {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	w.setErr(w.bw.Flush())
+}
+
+// Hijack hands the connection to the handler (an upgrade).
+func (w *loopWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.hijacked {
+		return nil, nil, http.ErrHijacked
+	}
+	if err := w.bw.Flush(); err != nil {
+		return nil, nil, err
+	}
+	w.hijacked = true
+	// The pools must not get these back: the handler keeps them.
+	br, bw := w.br, bufio.NewWriter(w.c)
+	return &bufferedConn{Conn: w.c, r: br}, bufio.NewReadWriter(br, bw), nil
+}
+
+// finish ends the answer: a header if none was written, the last chunk
+// and the trailers, a flush.
+func (w *loopWriter) finish() error {
+	if !w.wroteHeader {
+		if w.h.Get("Content-Length") == "" && !w.noBody {
+			w.h.Set("Content-Length", "0")
+		}
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return w.err
+	}
+	if w.chunked {
+		w.cw.Close() // "0\r\n"
+		for k, vv := range w.h {
+			name, ok := strings.CutPrefix(k, http.TrailerPrefix)
+			if !ok {
+				if !declaredTrailer(w.h, k) {
+					continue
+				}
+			}
+			for _, v := range vv {
+				w.bw.WriteString(name + ": " + strings.NewReplacer("\r", " ", "\n", " ").Replace(v) + "\r\n")
+			}
+		}
+		w.bw.WriteString("\r\n")
+	}
+	if w.length >= 0 && w.written < w.length && !w.noBody {
+		w.closeAfter = true // a short body: the client would wait for the rest
+	}
+	w.setErr(w.bw.Flush())
+	return w.err
+}
+
+// declaredTrailer tells whether k was announced in h's Trailer header.
+func declaredTrailer(h http.Header, k string) bool {
+	for _, v := range h["Trailer"] {
+		for _, f := range strings.Split(v, ",") {
+			if http.CanonicalHeaderKey(strings.TrimSpace(f)) == k {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (w *loopWriter) setErr(err error) {
+	if err != nil && w.err == nil {
+		w.err = err
+	}
+}
