@@ -134,10 +134,20 @@ func (s *Server) serveRequest(c net.Conn, br *bufio.Reader, bw *bufio.Writer, re
 	}
 	// The next request starts after this one's body: read away what the
 	// application left, if it is little.
-	if n, _ := io.Copy(io.Discard, io.LimitReader(body, maxDrain+1)); n > maxDrain {
+	if drain(body) > maxDrain {
 		return false
 	}
 	return keep
+}
+
+// drain reads away up to maxDrain+1 bytes of a request body the handler
+// left unread and says how many it read; a bodiless request costs nothing.
+func drain(body io.Reader) int64 {
+	if body == nil || body == http.NoBody {
+		return 0
+	}
+	n, _ := io.Copy(io.Discard, io.LimitReader(body, maxDrain+1))
+	return n
 }
 
 // writeResponse writes resp as HTTP/1.1: a sized body in one flush, a

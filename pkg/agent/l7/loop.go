@@ -93,7 +93,7 @@ func serveLoop(c net.Conn, h http.Handler, idle time.Duration) {
 		if w.finish() != nil || req.Close || w.closeAfter {
 			return
 		}
-		if n, _ := io.Copy(io.Discard, io.LimitReader(body, maxDrain+1)); n > maxDrain {
+		if drain(body) > maxDrain {
 			return
 		}
 	}
