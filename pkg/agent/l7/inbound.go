@@ -51,12 +51,23 @@ func (s *Server) ServeConn(c net.Conn, dst *Local, caller Caller, port uint16) {
 			slog.Error("l7: panic serving a tunnel; closing it", "destination", dst.key(), "panic", r, "stack", string(debug.Stack()))
 		}
 	}()
+	// The reader goes back to its pool only after a clean end: a request
+	// body, or an h2c server's reader, may still be read by another
+	// goroutine when the tunnel is given up.
+	pooled := true
+	lim := &headLimit{r: c, n: -1}
 	br := tunnelReaders.Get().(*bufio.Reader)
-	br.Reset(c)
-	defer func() { br.Reset(nil); tunnelReaders.Put(br) }()
+	br.Reset(lim)
+	defer func() {
+		if pooled {
+			br.Reset(nil)
+			tunnelReaders.Put(br)
+		}
+	}()
 	c.SetReadDeadline(time.Now().Add(tunnelIdleTimeout))
 	if p, err := br.Peek(3); err == nil && string(p) == h2Preface[:3] {
 		c.SetReadDeadline(time.Time{})
+		pooled = false
 		serveOne(&bufferedConn{Conn: c, r: br}, s.h2Proxy(dst, caller, port), tunnelIdleTimeout)
 		return
 	}
@@ -64,17 +75,12 @@ func (s *Server) ServeConn(c net.Conn, dst *Local, caller Caller, port uint16) {
 	bw.Reset(c)
 	defer func() { bw.Reset(nil); tunnelWriters.Put(bw) }()
 	for {
-		c.SetReadDeadline(time.Now().Add(tunnelIdleTimeout))
-		req, err := http.ReadRequest(br)
-		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, net.ErrClosed) {
-				writeHead(bw, http.StatusBadRequest, http.Header{"Content-Length": {"0"}, "Connection": {"close"}})
-				bw.Flush()
-			}
+		req, ok := readRequest(c, lim, br, bw, tunnelIdleTimeout)
+		if !ok {
 			return
 		}
-		c.SetReadDeadline(time.Time{})
 		if !s.serveRequest(c, br, bw, req, dst, caller, port) {
+			pooled = false
 			return
 		}
 	}
@@ -98,11 +104,13 @@ func (s *Server) h2Proxy(dst *Local, caller Caller, port uint16) http.Handler {
 // whether the tunnel can carry the next one.
 func (s *Server) serveRequest(c net.Conn, br *bufio.Reader, bw *bufio.Writer, req *http.Request, dst *Local, caller Caller, port uint16) bool {
 	body := req.Body
-	if req.Header.Get("Expect") == "100-continue" && req.ContentLength != 0 {
+	var cont *continueBody
+	if expectsContinue(req) {
 		// The caller waits for our 100 before it sends the body; it is
 		// sent when the application's side first reads the body, as
 		// net/http's Server does.
-		req.Body = &continueBody{ReadCloser: body, bw: bw}
+		cont = &continueBody{ReadCloser: body, bw: bw}
+		req.Body = cont
 	}
 	upgrade := upgradeType(req.Header)
 	removeHopByHop(req.Header)
@@ -116,6 +124,7 @@ func (s *Server) serveRequest(c net.Conn, br *bufio.Reader, bw *bufio.Writer, re
 	req.RequestURI = ""
 	resp, err := s.RoundTrip(req, dst, caller, port)
 	if err != nil {
+		cont.answer()
 		msg := "hms-node: the application did not answer: " + err.Error() + "\n"
 		writeHead(bw, http.StatusBadGateway, http.Header{"Content-Type": {"text/plain; charset=utf-8"},
 			"Content-Length": {strconv.Itoa(len(msg))}, "Connection": {"close"}})
@@ -128,8 +137,8 @@ func (s *Server) serveRequest(c net.Conn, br *bufio.Reader, bw *bufio.Writer, re
 		s.relayUpgrade(c, br, bw, resp)
 		return false
 	}
-	keep := !req.Close && !resp.Close
-	if err := writeResponse(bw, req, resp, keep); err != nil {
+	keep := cont.answer() && !req.Close && !resp.Close
+	if err := writeResponse(bw, req, resp, keep); err != nil || !keep {
 		return false
 	}
 	// The next request starts after this one's body: read away what the
@@ -302,22 +311,98 @@ func removeHopByHop(h http.Header) {
 	}
 }
 
-// continueBody sends the caller's awaited 100 Continue on the first read.
+// continueBody sends the caller's awaited 100 Continue on the first read,
+// unless the final answer has begun: the body may be read from another
+// goroutine (the transport's) than the one writing the answer.
 type continueBody struct {
 	io.ReadCloser
-	bw   *bufio.Writer
-	sent bool
+	bw       *bufio.Writer
+	mu       sync.Mutex
+	sent     bool // the 100 went out: the body follows
+	answered bool // the final answer began: no 100 any more
 }
 
 func (b *continueBody) Read(p []byte) (int, error) {
-	if !b.sent {
+	b.mu.Lock()
+	if !b.sent && !b.answered {
 		b.sent = true
 		b.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
 		if err := b.bw.Flush(); err != nil {
+			b.mu.Unlock()
 			return 0, err
 		}
 	}
+	b.mu.Unlock()
 	return b.ReadCloser.Read(p)
+}
+
+// answer is called as the final answer begins; it reports whether the
+// connection can carry another request: not when the client was never
+// told to send its body (it may send it now, or never). Nil: no Expect.
+func (b *continueBody) answer() bool {
+	if b == nil {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.answered = true
+	return b.sent
+}
+
+// expectsContinue tells whether req waits for a 100 Continue.
+func expectsContinue(req *http.Request) bool {
+	return req.ProtoAtLeast(1, 1) && req.ContentLength != 0 && strings.EqualFold(req.Header.Get("Expect"), "100-continue")
+}
+
+// maxHeaderBytes bounds a request's head, as net/http's Server does
+// (DefaultMaxHeaderBytes plus its slack); a longer one is answered 431.
+const maxHeaderBytes = http.DefaultMaxHeaderBytes + 4096
+
+var errHeaderTooLarge = errors.New("request header too large")
+
+// headLimit is the reader under a connection's bufio.Reader: while a
+// request head is read, at most maxHeaderBytes come from the connection.
+type headLimit struct {
+	r io.Reader
+	n int64 // bytes left for this head; < 0: no limit (a body)
+}
+
+func (l *headLimit) Read(p []byte) (int, error) {
+	if l.n == 0 {
+		return 0, errHeaderTooLarge
+	}
+	if l.n > 0 && int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	if l.n > 0 {
+		l.n -= int64(n)
+	}
+	return n, err
+}
+
+// readRequest reads the next request head under the size limit and the
+// idle deadline; on failure it answers what net/http's Server would (400
+// or 431) unless the connection simply ended or idled.
+func readRequest(c net.Conn, lim *headLimit, br *bufio.Reader, bw *bufio.Writer, idle time.Duration) (*http.Request, bool) {
+	c.SetReadDeadline(time.Now().Add(idle))
+	lim.n = maxHeaderBytes
+	req, err := http.ReadRequest(br)
+	lim.n = -1
+	if err != nil {
+		code := http.StatusBadRequest
+		switch {
+		case errors.Is(err, errHeaderTooLarge):
+			code = http.StatusRequestHeaderFieldsTooLarge
+		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, net.ErrClosed):
+			return nil, false
+		}
+		writeHead(bw, code, http.Header{"Content-Length": {"0"}, "Connection": {"close"}})
+		bw.Flush()
+		return nil, false
+	}
+	c.SetReadDeadline(time.Time{})
+	return req, true
 }
 
 // bufferedConn is a conn whose first bytes were read into r already.

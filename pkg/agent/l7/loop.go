@@ -2,13 +2,11 @@ package l7
 
 import (
 	"bufio"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
-	"os"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -34,8 +32,9 @@ func serveLoop(c net.Conn, h http.Handler, idle time.Duration) {
 	// The buffers go back to their pools unless a handler took the
 	// connection over: an upgrade's copy may still be reading.
 	pooled := true
+	lim := &headLimit{r: c, n: -1}
 	br := tunnelReaders.Get().(*bufio.Reader)
-	br.Reset(c)
+	br.Reset(lim)
 	defer func() {
 		if pooled {
 			br.Reset(nil)
@@ -58,42 +57,24 @@ func serveLoop(c net.Conn, h http.Handler, idle time.Duration) {
 		}
 	}()
 	for {
-		c.SetReadDeadline(time.Now().Add(idle))
-		req, err := http.ReadRequest(br)
-		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, net.ErrClosed) &&
-				!errors.Is(err, io.ErrUnexpectedEOF) {
-				writeHead(bw, http.StatusBadRequest, http.Header{"Content-Length": {"0"}, "Connection": {"close"}})
-				bw.Flush()
-			}
+		req, ok := readRequest(c, lim, br, bw, idle)
+		if !ok {
 			return
 		}
-		c.SetReadDeadline(time.Time{})
 		req.RemoteAddr = c.RemoteAddr().String()
 		body := req.Body
 		var cont *continueBody
-		if req.ProtoAtLeast(1, 1) && req.ContentLength != 0 && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+		if expectsContinue(req) {
 			cont = &continueBody{ReadCloser: body, bw: bw}
 			req.Body = cont
 		}
-		w := &loopWriter{c: c, br: br, bw: bw, req: req, h: http.Header{}, length: -1}
+		w := &loopWriter{c: c, br: br, bw: bw, req: req, cont: cont, h: http.Header{}, length: -1}
 		h.ServeHTTP(w, req)
-		if w.hijacked {
+		// Past this point a transport may still hold the request body
+		// (it reads from br): the buffers are pooled again only if the
+		// connection goes on, which needs that body read to its end.
+		if w.hijacked || w.finish() != nil || req.Close || w.closeAfter || drain(body) > maxDrain {
 			pooled = false
-			return
-		}
-		if cont != nil && !cont.sent {
-			// Answered without asking for the body: the client may or may
-			// not send it now, so the connection cannot be read on.
-			w.closeAfter = true
-			if !w.wroteHeader {
-				w.h.Set("Connection", "close")
-			}
-		}
-		if w.finish() != nil || req.Close || w.closeAfter {
-			return
-		}
-		if drain(body) > maxDrain {
 			return
 		}
 	}
@@ -103,11 +84,12 @@ func serveLoop(c net.Conn, h http.Handler, idle time.Duration) {
 // Content-Length when the handler set one, chunked otherwise (HTTP/1.0:
 // close-delimited), trailers, Flush and Hijack (upgrades).
 type loopWriter struct {
-	c   net.Conn
-	br  *bufio.Reader
-	bw  *bufio.Writer
-	req *http.Request
-	h   http.Header
+	c    net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	req  *http.Request
+	cont *continueBody // the request's 100-continue, if it asked for one
+	h    http.Header
 
 	wroteHeader bool
 	noBody      bool
@@ -136,6 +118,9 @@ func (w *loopWriter) WriteHeader(code int) {
 		return
 	}
 	w.wroteHeader = true
+	if !w.cont.answer() {
+		w.closeAfter = true // the client was never told to send its body
+	}
 	h := w.h
 	w.noBody = w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
 	if !w.req.ProtoAtLeast(1, 1) {
@@ -228,7 +213,7 @@ func (w *loopWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // and the trailers, a flush.
 func (w *loopWriter) finish() error {
 	if !w.wroteHeader {
-		if w.h.Get("Content-Length") == "" && !w.noBody {
+		if w.h.Get("Content-Length") == "" && w.req.Method != http.MethodHead {
 			w.h.Set("Content-Length", "0")
 		}
 		w.WriteHeader(http.StatusOK)
