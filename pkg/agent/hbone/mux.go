@@ -33,6 +33,9 @@ type mux struct {
 	client bool
 	fr     *http2.Framer
 	bw     *bufio.Writer
+	wdl    time.Time // the connection's write deadline; under wmu
+
+	writeTimeout time.Duration
 
 	// wmu serialises frame writes; the read loop never takes it (its own
 	// frames go through ctrl), so a peer that stops reading cannot stall
@@ -101,6 +104,8 @@ func newMux(c net.Conn, client bool) *mux {
 		ctrlWake:    make(chan struct{}, 1),
 		done:        make(chan struct{}),
 		idleSince:   time.Now(),
+
+		writeTimeout: writeTimeout,
 	}
 	m.lastRead.Store(time.Now().UnixNano())
 	m.fr = http2.NewFramer(m.bw, bufio.NewReaderSize(c, 64<<10))
@@ -153,10 +158,21 @@ func (m *mux) start() error {
 	return nil
 }
 
+// writeTimeout bounds one write to the connection: a peer that stops
+// reading (while it may go on sending, so keepalive sees it alive) fails
+// the connection instead of holding wmu, and every stream, for good.
+var writeTimeout = 30 * time.Second // a var for tests; each mux copies it
+
 // write runs fn, which writes frames, under wmu and flushes.
 func (m *mux) write(fn func() error) error {
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
+	// The deadline is moved at most once a second: setting it costs more
+	// than a small write.
+	if now := time.Now(); now.Add(m.writeTimeout - time.Second).After(m.wdl) {
+		m.wdl = now.Add(m.writeTimeout)
+		m.conn.SetWriteDeadline(m.wdl)
+	}
 	if err := fn(); err != nil {
 		if !errors.Is(err, errNotOpened) {
 			m.fail(err)

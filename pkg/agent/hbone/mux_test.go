@@ -7,9 +7,12 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
 )
 
 // appListener makes the server's Handle dial a listener the test serves
@@ -180,5 +183,47 @@ func TestStreamDeadlines(t *testing.T) {
 	go io.Copy(io.Discard, app)
 	if _, err := c.Write([]byte("x")); err != nil {
 		t.Fatalf("write after the deadline was cleared: %v", err)
+	}
+}
+
+// A peer that stops reading (but keeps the connection up) fails the
+// connection within the write timeout: writes must not hold the
+// connection's write lock, and every stream with it, for good.
+func TestPeerThatStopsReadingFailsTheConnection(t *testing.T) {
+	old := writeTimeout
+	writeTimeout = 300 * time.Millisecond
+	defer func() { writeTimeout = old }()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	m := newMux(a, true)
+	go func() {
+		// The peer takes the client's preface, settings and window
+		// update, sends its own settings, then reads nothing more.
+		buf := make([]byte, len(http2.ClientPreface))
+		io.ReadFull(b, buf)
+		fr := http2.NewFramer(b, b)
+		fr.ReadFrame()
+		fr.ReadFrame()
+		fr.WriteSettings()
+	}()
+	if err := m.start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := m.open(nil, "10.0.0.1:80", http.Header{})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a CONNECT to a peer that reads nothing succeeded")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("writes to a peer that stopped reading blocked past the write timeout")
+	}
+	if !m.dead() {
+		t.Fatal("the connection was not failed")
 	}
 }
