@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,16 +27,46 @@ type controlProc struct {
 	logPath string
 }
 
-// freePort returns a loopback TCP port nobody listens on right now.
+// freePort returns a loopback TCP port nobody listens on right now, for a
+// process the test starts to listen on. It is drawn from below the
+// kernel's ephemeral range: a port the kernel hands out (listen on :0)
+// can be taken again as the local port of any outgoing connection before
+// the process binds it (seen in CI: the control plane's own etcd client
+// got its HTTP port). No port is handed out twice in one test binary.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	lo := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				lo = n
+			}
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	minPort := max(1024, lo-16384)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 500 {
+		p := minPort + rand.IntN(lo-minPort)
+		if portsGiven[p] {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		portsGiven[p] = true
+		return p
+	}
+	t.Fatalf("no free loopback port below %d", lo)
+	return 0
 }
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 // heartbeat of the control planes in tests: instances of a dead agent
 // vanish after three of them.
