@@ -51,36 +51,19 @@ func (s *Server) ServeConn(c net.Conn, dst *Local, caller Caller, port uint16) {
 			slog.Error("l7: panic serving a tunnel; closing it", "destination", dst.key(), "panic", r, "stack", string(debug.Stack()))
 		}
 	}()
-	// The reader goes back to its pool only after a clean end: a request
-	// body, or an h2c server's reader, may still be read by another
-	// goroutine when the tunnel is given up.
-	pooled := true
-	lim := &headLimit{r: c, n: -1}
-	br := tunnelReaders.Get().(*bufio.Reader)
-	br.Reset(lim)
-	defer func() {
-		if pooled {
-			br.Reset(nil)
-			tunnelReaders.Put(br)
-		}
-	}()
-	c.SetReadDeadline(time.Now().Add(tunnelIdleTimeout))
-	if p, err := br.Peek(3); err == nil && string(p) == h2Preface[:3] {
-		c.SetReadDeadline(time.Time{})
-		pooled = false
-		serveOne(&bufferedConn{Conn: c, r: br}, s.h2Proxy(dst, caller, port), tunnelIdleTimeout)
+	hc, h2c := newHTTPConn(c, tunnelIdleTimeout)
+	defer hc.release()
+	if h2c {
+		serveOne(&bufferedConn{Conn: c, r: hc.br}, s.h2Proxy(dst, caller, port), tunnelIdleTimeout)
 		return
 	}
-	bw := tunnelWriters.Get().(*bufio.Writer)
-	bw.Reset(c)
-	defer func() { bw.Reset(nil); tunnelWriters.Put(bw) }()
 	for {
-		req, ok := readRequest(c, lim, br, bw, tunnelIdleTimeout)
+		req, ok := hc.readRequest(tunnelIdleTimeout)
 		if !ok {
 			return
 		}
-		if !s.serveRequest(c, br, bw, req, dst, caller, port) {
-			pooled = false
+		if !s.serveRequest(c, hc.br, hc.bw, req, dst, caller, port) {
+			hc.pooled = false // the request body may still be read from br
 			return
 		}
 	}
@@ -381,14 +364,58 @@ func (l *headLimit) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// httpConn is a connection a request loop serves: its pooled buffers,
+// with the head limit under the reader.
+type httpConn struct {
+	c   net.Conn
+	lim *headLimit
+	br  *bufio.Reader
+	bw  *bufio.Writer // nil on an h2c connection
+	// pooled: release gives the buffers back. Cleared when another
+	// goroutine may still read br (a request body a transport holds, an
+	// upgrade's copy, an h2c server).
+	pooled bool
+}
+
+// newHTTPConn takes pooled buffers for c and peeks at its first bytes;
+// h2c reports a connection that opens with the HTTP/2 preface, which is
+// net/http's to serve.
+func newHTTPConn(c net.Conn, idle time.Duration) (hc *httpConn, h2c bool) {
+	hc = &httpConn{c: c, lim: &headLimit{r: c, n: -1}, pooled: true}
+	hc.br = tunnelReaders.Get().(*bufio.Reader)
+	hc.br.Reset(hc.lim)
+	c.SetReadDeadline(time.Now().Add(idle))
+	if p, err := hc.br.Peek(3); err == nil && string(p) == h2Preface[:3] {
+		c.SetReadDeadline(time.Time{})
+		hc.pooled = false
+		return hc, true
+	}
+	hc.bw = tunnelWriters.Get().(*bufio.Writer)
+	hc.bw.Reset(c)
+	return hc, false
+}
+
+// release gives the buffers back to their pools when nothing else may
+// still use them.
+func (hc *httpConn) release() {
+	if !hc.pooled {
+		return
+	}
+	hc.br.Reset(nil)
+	tunnelReaders.Put(hc.br)
+	hc.bw.Reset(nil)
+	tunnelWriters.Put(hc.bw)
+}
+
 // readRequest reads the next request head under the size limit and the
 // idle deadline; on failure it answers what net/http's Server would (400
 // or 431) unless the connection simply ended or idled.
-func readRequest(c net.Conn, lim *headLimit, br *bufio.Reader, bw *bufio.Writer, idle time.Duration) (*http.Request, bool) {
+func (hc *httpConn) readRequest(idle time.Duration) (*http.Request, bool) {
+	c, bw := hc.c, hc.bw
 	c.SetReadDeadline(time.Now().Add(idle))
-	lim.n = maxHeaderBytes
-	req, err := http.ReadRequest(br)
-	lim.n = -1
+	hc.lim.n = maxHeaderBytes
+	req, err := http.ReadRequest(hc.br)
+	hc.lim.n = -1
 	if err != nil {
 		code := http.StatusBadRequest
 		switch {

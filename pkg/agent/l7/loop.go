@@ -29,35 +29,15 @@ func serveLoop(c net.Conn, h http.Handler, idle time.Duration) {
 			slog.Error("l7: panic serving a connection; closing it", "panic", r, "stack", string(debug.Stack()))
 		}
 	}()
-	// The buffers go back to their pools unless a handler took the
-	// connection over: an upgrade's copy may still be reading.
-	pooled := true
-	lim := &headLimit{r: c, n: -1}
-	br := tunnelReaders.Get().(*bufio.Reader)
-	br.Reset(lim)
-	defer func() {
-		if pooled {
-			br.Reset(nil)
-			tunnelReaders.Put(br)
-		}
-	}()
-	c.SetReadDeadline(time.Now().Add(idle))
-	if p, err := br.Peek(3); err == nil && string(p) == h2Preface[:3] {
-		c.SetReadDeadline(time.Time{})
-		pooled = false
-		serveOne(&bufferedConn{Conn: c, r: br}, h, idle)
+	hc, h2c := newHTTPConn(c, idle)
+	defer hc.release()
+	if h2c {
+		serveOne(&bufferedConn{Conn: c, r: hc.br}, h, idle)
 		return
 	}
-	bw := tunnelWriters.Get().(*bufio.Writer)
-	bw.Reset(c)
-	defer func() {
-		if pooled {
-			bw.Reset(nil)
-			tunnelWriters.Put(bw)
-		}
-	}()
+	br, bw := hc.br, hc.bw
 	for {
-		req, ok := readRequest(c, lim, br, bw, idle)
+		req, ok := hc.readRequest(idle)
 		if !ok {
 			return
 		}
@@ -74,7 +54,7 @@ func serveLoop(c net.Conn, h http.Handler, idle time.Duration) {
 		// (it reads from br): the buffers are pooled again only if the
 		// connection goes on, which needs that body read to its end.
 		if w.hijacked || w.finish() != nil || req.Close || w.closeAfter || drain(body) > maxDrain {
-			pooled = false
+			hc.pooled = false
 			return
 		}
 	}
