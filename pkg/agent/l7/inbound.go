@@ -3,7 +3,6 @@ package l7
 import (
 	"bufio"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -18,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/hms-node/hms-node/pkg/agent/l4"
 )
 
 // The called side serves its tunnels with a request loop of its own
@@ -204,11 +205,7 @@ func writeResponse(bw *bufio.Writer, req *http.Request, resp *http.Response, kee
 		}
 	}
 	cw.Close() // "0\r\n"
-	for k, vv := range resp.Trailer {
-		for _, v := range vv {
-			fmt.Fprintf(bw, "%s: %s\r\n", k, v)
-		}
-	}
+	resp.Trailer.Write(bw)
 	bw.WriteString("\r\n")
 	return bw.Flush()
 }
@@ -244,22 +241,13 @@ func (s *Server) relayUpgrade(c net.Conn, br *bufio.Reader, bw *bufio.Writer, re
 	go func() {
 		defer close(done)
 		io.Copy(writerOnly{c}, readerOnly{app})
-		closeWrite(c)
+		l4.CloseWrite(c)
 	}()
 	io.Copy(writerOnly{app}, readerOnly{br}) // what the caller sent after the request, then the tunnel
-	closeWrite(app)
+	// An upgraded response body cannot half-close: closing it ends both
+	// directions, as ReverseProxy's upgrade does.
+	app.Close()
 	<-done
-}
-
-// closeWrite half-closes c when it can, else closes it.
-func closeWrite(c any) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-		return
-	}
-	if cl, ok := c.(io.Closer); ok {
-		cl.Close()
-	}
 }
 
 // upgradeType is the protocol a request or response upgrades to, or "".
@@ -442,8 +430,7 @@ func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // CloseWrite keeps half-close working for upgraded connections.
 func (c *bufferedConn) CloseWrite() error {
-	closeWrite(c.Conn)
-	return nil
+	return l4.CloseWrite(c.Conn)
 }
 
 // readerOnly and writerOnly hide ReadFrom and WriteTo: io.Copy between

@@ -203,17 +203,18 @@ func (w *loopWriter) finish() error {
 	}
 	if w.chunked {
 		w.cw.Close() // "0\r\n"
+		var trailer http.Header
 		for k, vv := range w.h {
 			name, ok := strings.CutPrefix(k, http.TrailerPrefix)
-			if !ok {
-				if !declaredTrailer(w.h, k) {
-					continue
-				}
+			if !ok && !declaredTrailer(w.h, k) {
+				continue
 			}
-			for _, v := range vv {
-				w.bw.WriteString(name + ": " + strings.NewReplacer("\r", " ", "\n", " ").Replace(v) + "\r\n")
+			if trailer == nil {
+				trailer = http.Header{}
 			}
+			trailer[name] = vv
 		}
+		trailer.Write(w.bw) // sanitises values as a header does
 		w.bw.WriteString("\r\n")
 	}
 	if w.length >= 0 && w.written < w.length && !w.noBody {
