@@ -48,7 +48,7 @@ func (a *Agent) initL7() {
 		Log:               a.log,
 	}
 	a.httpIn = &l7.Server{Node: a.cfg.Node, Limits: ratelimit.NewSet(rateLimitWait), Record: a.recordCall,
-		OnRateLimited: a.metrics.RateLimited, OnQueued: a.metrics.RateLimitQueued}
+		OnRateLimited: a.metrics.RateLimited, OnQueued: a.metrics.RateLimitQueued, Log: a.log}
 	a.circuitStatus = func() []*api.CircuitStatus {
 		var out []*api.CircuitStatus
 		for dst, state := range a.httpOut.Breakers.States() {

@@ -101,7 +101,7 @@ type Client struct {
 // ServeConn serves one application connection to dst as HTTP until it
 // closes.
 func (cl *Client) ServeConn(c net.Conn, src Source, dst *Destination, send Sender) {
-	serveLoop(c, &outbound{cl: cl, src: src, dst: dst, send: send}, clientIdleTimeout)
+	serveLoop(c, &outbound{cl: cl, src: src, dst: dst, send: send}, clientIdleTimeout, cl.Log)
 }
 
 // outbound handles the requests of one application connection.

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -49,7 +48,7 @@ func (s *Server) ServeConn(c net.Conn, dst *Local, caller Caller, port uint16) {
 	defer c.Close()
 	defer func() {
 		if r := recover(); r != nil {
-			slog.Error("l7: panic serving a tunnel; closing it", "destination", dst.key(), "panic", r, "stack", string(debug.Stack()))
+			logOr(s.Log).Error("l7: panic serving a tunnel; closing it", "destination", dst.key(), "panic", r, "stack", string(debug.Stack()))
 		}
 	}()
 	hc, h2c := newHTTPConn(c, tunnelIdleTimeout)

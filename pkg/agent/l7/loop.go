@@ -22,11 +22,11 @@ import (
 // client that leaves mid-request is noticed when its answer is written,
 // not before (the request's timeout still bounds it). h2c connections go
 // to net/http's Server. It closes c when done.
-func serveLoop(c net.Conn, h http.Handler, idle time.Duration) {
+func serveLoop(c net.Conn, h http.Handler, idle time.Duration, log *slog.Logger) {
 	defer c.Close()
 	defer func() {
 		if r := recover(); r != nil {
-			slog.Error("l7: panic serving a connection; closing it", "panic", r, "stack", string(debug.Stack()))
+			logOr(log).Error("l7: panic serving a connection; closing it", "panic", r, "stack", string(debug.Stack()))
 		}
 	}()
 	hc, h2c := newHTTPConn(c, idle)
@@ -240,4 +240,12 @@ func (w *loopWriter) setErr(err error) {
 	if err != nil && w.err == nil {
 		w.err = err
 	}
+}
+
+// logOr is log, or a logger that drops everything when there is none.
+func logOr(log *slog.Logger) *slog.Logger {
+	if log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return log
 }

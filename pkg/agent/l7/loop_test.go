@@ -16,7 +16,7 @@ func loopConn(t *testing.T, h http.HandlerFunc) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	client, server := net.Pipe()
 	t.Cleanup(func() { client.Close() })
-	go serveLoop(server, h, time.Minute)
+	go serveLoop(server, h, time.Minute, nil)
 	client.SetDeadline(time.Now().Add(10 * time.Second))
 	return client, bufio.NewReader(client)
 }

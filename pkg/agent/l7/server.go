@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -25,6 +26,7 @@ type Server struct {
 	// OnRateLimited and OnQueued count rate limiting for metrics; may be nil.
 	OnRateLimited func(dst string)
 	OnQueued      func(dst string, wait time.Duration)
+	Log           *slog.Logger // may be nil
 }
 
 // Local is a workload of this node that requests are delivered to.
