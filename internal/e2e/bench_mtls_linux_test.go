@@ -205,6 +205,9 @@ func profileAgent(b *testing.B, p *mtlsPath, pid int, what string) {
 		"--no-children", "--sort", "symbol", "--dsos", "hms-node", "--percentage", "relative")
 	report("hms-node functions, inclusive time (share of all samples):", 25,
 		"--children", "--sort", "symbol", "--dsos", "hms-node")
+	if os.Getenv("HMS_BENCH_PERF_KEEP") != "" { // a path prefix: keep perf.data for perf report by hand
+		exec.Command("cp", data, os.Getenv("HMS_BENCH_PERF_KEEP")+"."+p.name).Run()
+	}
 }
 
 // profileFrame reports whether a perf line is a goroutine's entry frame,

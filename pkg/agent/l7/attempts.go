@@ -40,6 +40,7 @@ type attempts struct {
 	endpoint string
 	retried  int
 	flags    string
+	aborted  bool // the answer broke off mid-body (forward)
 }
 
 func (at *attempts) RoundTrip(req *http.Request) (*http.Response, error) {

@@ -127,7 +127,7 @@ func (o *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = body
 	}
-	flags := o.serve(sw, r, call)
+	flags, aborted := o.serve(sw, r, call)
 	if sw.status == 0 {
 		sw.status = http.StatusBadGateway // the handler wrote nothing: net/http answers nothing useful either
 	}
@@ -140,11 +140,14 @@ func (o *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if o.cl.Record != nil {
 		o.cl.Record(call)
 	}
+	if aborted {
+		panic(http.ErrAbortHandler) // the connection's end tells the client the answer is cut short
+	}
 }
 
 // serve sends r (with retries) and answers w; it returns the response
-// flags.
-func (o *outbound) serve(w *statusWriter, r *http.Request, call *api.Call) string {
+// flags, and whether the answer broke off mid-body.
+func (o *outbound) serve(w *statusWriter, r *http.Request, call *api.Call) (string, bool) {
 	pol := o.dst.Policy()
 	timeout, retries, explicit := pol.route(r.URL.Path)
 	var br *resilience.Breaker
@@ -156,7 +159,7 @@ func (o *outbound) serve(w *statusWriter, r *http.Request, call *api.Call) strin
 			w.Header().Set(HeaderCircuit, "open")
 			w.Header().Set("Retry-After", retryAfter(br.RetryAfter()))
 			http.Error(w, "circuit open for "+o.dst.key(), http.StatusServiceUnavailable)
-			return "UO"
+			return "UO", false
 		}
 	}
 	ctx := r.Context()
@@ -166,7 +169,14 @@ func (o *outbound) serve(w *statusWriter, r *http.Request, call *api.Call) strin
 		defer cancel()
 	}
 	at := &attempts{o: o, retries: retries, explicit: explicit, timeout: timeout}
-	outboundProxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, attemptsKey{}, at)))
+	if forwardable(r) {
+		if timeout > 0 {
+			r = r.WithContext(ctx)
+		}
+		forward(w, r, at)
+	} else {
+		outboundProxy.ServeHTTP(w, r.WithContext(context.WithValue(ctx, attemptsKey{}, at)))
+	}
 	call.Endpoint, call.Retries = at.endpoint, uint32(at.retried)
 	// Failures are what answered 5xx (connect errors 503, timeouts 504);
 	// no healthy endpoint is not one, and a client that left says nothing.
@@ -175,11 +185,11 @@ func (o *outbound) serve(w *statusWriter, r *http.Request, call *api.Call) strin
 	}
 	switch {
 	case at.flags != "":
-		return at.flags
+		return at.flags, at.aborted
 	case at.retried > 0 && w.status >= 500:
-		return "URX"
+		return "URX", at.aborted
 	}
-	return "-"
+	return "-", at.aborted
 }
 
 // outboundProxy is the calling side's one ReverseProxy: what differs per

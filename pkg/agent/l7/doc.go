@@ -8,9 +8,11 @@
 // requests under the service's rate limit and forwards them to the
 // application. Both report every request as an api.Call.
 //
-// Forwarding is net/http's: httputil.ReverseProxy (hop-by-hop headers,
-// upgrades, trailers, flushing) over http.Transport (keep-alive pools,
-// 100-continue). This package decides where and whether a request goes;
+// Forwarding is mostly net/http's: httputil.ReverseProxy (hop-by-hop
+// headers, upgrades, trailers, flushing) over http.Transport (keep-alive
+// pools, 100-continue). The common bodiless request takes a shorter path
+// with the same rules (forward.go, transport.go), parsed by net/http
+// still. This package decides where and whether a request goes;
 // the agent supplies how bytes reach an endpoint (in-process on the same
 // node, an HBONE stream to another).
 package l7

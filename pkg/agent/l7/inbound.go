@@ -62,10 +62,11 @@ func (s *Server) ServeConn(c net.Conn, dst *Local, caller Caller, port uint16) {
 		if !ok {
 			return
 		}
+		hc.pooled = false // while the request is served: a panic must not pool buffers in use
 		if !s.serveRequest(c, hc.br, hc.bw, req, dst, caller, port) {
-			hc.pooled = false // the request body may still be read from br
-			return
+			return // the request body may still be read from br: the buffers stay unpooled
 		}
+		hc.pooled = true
 	}
 }
 
@@ -209,17 +210,6 @@ func writeResponse(bw *bufio.Writer, req *http.Request, resp *http.Response, kee
 	return bw.Flush()
 }
 
-// writeHead writes a status line and headers.
-func writeHead(bw *bufio.Writer, code int, h http.Header) {
-	bw.WriteString("HTTP/1.1 ")
-	bw.WriteString(strconv.Itoa(code))
-	bw.WriteByte(' ')
-	bw.WriteString(http.StatusText(code))
-	bw.WriteString("\r\n")
-	h.Write(bw)
-	bw.WriteString("\r\n")
-}
-
 // relayUpgrade answers 101 and relays bytes between the tunnel and the
 // application's upgraded connection until either ends.
 func (s *Server) relayUpgrade(c net.Conn, br *bufio.Reader, bw *bufio.Writer, resp *http.Response) {
@@ -274,7 +264,7 @@ func removeHopByHop(h http.Header) {
 		}
 	}
 	for _, k := range hopHeaders {
-		h.Del(k)
+		delete(h, k) // canonical already
 	}
 	if trailers {
 		h.Set("Te", "trailers")

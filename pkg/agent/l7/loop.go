@@ -25,7 +25,7 @@ import (
 func serveLoop(c net.Conn, h http.Handler, idle time.Duration, log *slog.Logger) {
 	defer c.Close()
 	defer func() {
-		if r := recover(); r != nil {
+		if r := recover(); r != nil && r != http.ErrAbortHandler { // an abort only ends the connection
 			logOr(log).Error("l7: panic serving a connection; closing it", "panic", r, "stack", string(debug.Stack()))
 		}
 	}()
@@ -49,7 +49,9 @@ func serveLoop(c net.Conn, h http.Handler, idle time.Duration, log *slog.Logger)
 			req.Body = cont
 		}
 		w := &loopWriter{c: c, br: br, bw: bw, req: req, cont: cont, h: http.Header{}, length: -1}
+		hc.pooled = false // until the handler returns: a panic (an abort) must not pool buffers in use
 		h.ServeHTTP(w, req)
+		hc.pooled = true
 		// Past this point a transport may still hold the request body
 		// (it reads from br): the buffers are pooled again only if the
 		// connection goes on, which needs that body read to its end.

@@ -106,11 +106,11 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // send writes req on pc and reads the response head; the body reads from
 // pc, which goes back to the pool once the body is read to its end.
 func (t *Transport) send(ctx context.Context, pc *poolConn, req *http.Request) (*http.Response, error) {
-	stop := context.AfterFunc(ctx, func() { pc.Close() }) // cancel = close, like http.Transport
-	if err := req.Write(pc.bw); err != nil {
-		stop()
-		return nil, err
+	stop := neverStopped
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() { pc.Close() }) // cancel = close, like http.Transport
 	}
+	writeRequestHead(pc.bw, req)
 	if err := pc.bw.Flush(); err != nil {
 		stop()
 		return nil, err
@@ -135,6 +135,10 @@ func (t *Transport) send(ctx context.Context, pc *poolConn, req *http.Request) (
 	}
 	return resp, nil
 }
+
+// neverStopped is the stop of a request that cannot be cancelled: it
+// reports, as a stop does, that the cancel had not happened.
+func neverStopped() bool { return true }
 
 // poolBody is a response body on a pooled connection.
 type poolBody struct {
