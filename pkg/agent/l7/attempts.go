@@ -44,7 +44,7 @@ type attempts struct {
 }
 
 func (at *attempts) RoundTrip(req *http.Request) (*http.Response, error) {
-	dst := at.o.dst.key()
+	dst := at.o.key
 	var budget *resilience.Budget
 	if at.o.cl.Budgets != nil {
 		budget = at.o.cl.Budgets.Get(dst)
@@ -124,10 +124,10 @@ func (at *attempts) errorHandler(w http.ResponseWriter, r *http.Request, err err
 	case errors.Is(err, errNoHealthy):
 		at.flags = "UH"
 		w.Header().Set(HeaderNoHealthy, "true")
-		http.Error(w, "no healthy endpoint of "+at.o.dst.key(), http.StatusServiceUnavailable)
+		http.Error(w, "no healthy endpoint of "+at.o.key, http.StatusServiceUnavailable)
 	case errors.Is(err, ErrDenied):
 		at.flags = "UAEX"
-		http.Error(w, "denied by "+at.o.dst.key(), http.StatusForbidden)
+		http.Error(w, "denied by "+at.o.key, http.StatusForbidden)
 	case at.timeout > 0 && errors.Is(err, context.DeadlineExceeded):
 		at.flags = "UT"
 		w.Header().Set(HeaderTimeout, at.timeout.String())

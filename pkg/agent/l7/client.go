@@ -101,7 +101,7 @@ type Client struct {
 // ServeConn serves one application connection to dst as HTTP until it
 // closes.
 func (cl *Client) ServeConn(c net.Conn, src Source, dst *Destination, send Sender) {
-	serveLoop(c, &outbound{cl: cl, src: src, dst: dst, send: send}, clientIdleTimeout, cl.Log)
+	serveLoop(c, &outbound{cl: cl, src: src, dst: dst, key: dst.key(), send: send}, clientIdleTimeout, cl.Log)
 }
 
 // outbound handles the requests of one application connection.
@@ -109,6 +109,7 @@ type outbound struct {
 	cl   *Client
 	src  Source
 	dst  *Destination
+	key  string // dst.key(), made once rather than per request
 	send Sender
 }
 
@@ -117,7 +118,7 @@ func (o *outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	call := &api.Call{
 		TimeUnixNano: start.UnixNano(), Reporter: "source", Node: o.cl.Node,
 		SourcePrincipal: o.src.Principal, SourceWorkload: o.src.Workload,
-		DestinationService: o.dst.key(), DestinationPrincipal: o.dst.Principal,
+		DestinationService: o.key, DestinationPrincipal: o.dst.Principal,
 		ConnectionSecurityPolicy: o.src.Security,
 		Method:                   r.Method, Path: r.URL.Path, Protocol: protocolOf(r),
 		TraceId: traceHeaders(r.Header),
@@ -153,12 +154,12 @@ func (o *outbound) serve(w *statusWriter, r *http.Request, call *api.Call) (stri
 	var br *resilience.Breaker
 	trial := false
 	if pol.BreakerFailures > 0 && o.cl.Breakers != nil {
-		br = o.cl.Breakers.Get(o.dst.key(), pol.BreakerFailures, pol.BreakerReset)
+		br = o.cl.Breakers.Get(o.key, pol.BreakerFailures, pol.BreakerReset)
 		var ok bool
 		if ok, trial = br.Allow(); !ok {
 			w.Header().Set(HeaderCircuit, "open")
 			w.Header().Set("Retry-After", retryAfter(br.RetryAfter()))
-			http.Error(w, "circuit open for "+o.dst.key(), http.StatusServiceUnavailable)
+			http.Error(w, "circuit open for "+o.key, http.StatusServiceUnavailable)
 			return "UO", false
 		}
 	}
@@ -223,5 +224,5 @@ func retryAfter(d time.Duration) string {
 // Handler is the calling side for one request stream without a client
 // connection of its own (hms-node curl from the host).
 func (cl *Client) Handler(src Source, dst *Destination, send Sender) http.Handler {
-	return &outbound{cl: cl, src: src, dst: dst, send: send}
+	return &outbound{cl: cl, src: src, dst: dst, key: dst.key(), send: send}
 }

@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net/http"
-	"strings"
 )
 
 // Trace headers (DESIGN §3): x-hms-trace-id is kept when the caller sent
@@ -29,7 +28,7 @@ func traceHeaders(h http.Header) string {
 	if !ok {
 		traceID, flags = randomHex(16), "01"
 	}
-	h.Set(headerTraceparent, "00-"+traceID+"-"+randomHex(8)+"-"+flags)
+	h[headerTraceparent] = []string{traceparent(traceID, flags)}
 	id := h.Get(HeaderTraceID)
 	if id == "" {
 		id = traceID
@@ -38,22 +37,35 @@ func traceHeaders(h http.Header) string {
 	return id
 }
 
+// traceparent is "00-<trace id>-<new parent id>-<flags>", made in one
+// buffer: it is built for every request.
+func traceparent(traceID, flags string) string {
+	var id [8]byte
+	rand.Read(id[:])
+	b := make([]byte, 0, 3+len(traceID)+1+16+1+len(flags))
+	b = append(b, "00-"...)
+	b = append(b, traceID...)
+	b = append(b, '-')
+	b = hex.AppendEncode(b, id[:])
+	b = append(b, '-')
+	b = append(b, flags...)
+	return string(b)
+}
+
 // parseTraceparent accepts a W3C version-00 traceparent:
 // 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>.
 func parseTraceparent(v string) (traceID, flags string, ok bool) {
-	parts := strings.Split(v, "-")
-	if len(parts) != 4 || parts[0] != "00" || len(parts[1]) != 32 || len(parts[2]) != 16 || len(parts[3]) != 2 {
+	if len(v) != 55 || v[:3] != "00-" || v[35] != '-' || v[52] != '-' {
 		return "", "", false
 	}
-	for _, p := range parts[1:] {
-		if !isLowerHex(p) {
-			return "", "", false
-		}
+	traceID, parent, flags := v[3:35], v[36:52], v[53:]
+	if !isLowerHex(traceID) || !isLowerHex(parent) || !isLowerHex(flags) {
+		return "", "", false
 	}
-	if parts[1] == strings.Repeat("0", 32) || parts[2] == strings.Repeat("0", 16) {
+	if traceID == "00000000000000000000000000000000" || parent == "0000000000000000" {
 		return "", "", false // all-zero ids are invalid
 	}
-	return parts[1], parts[3], true
+	return traceID, flags, true
 }
 
 func isLowerHex(s string) bool {

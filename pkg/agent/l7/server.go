@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hms-node/hms-node/pkg/agent/ratelimit"
@@ -123,8 +124,21 @@ func (s *Server) admitAndSend(req *http.Request, dst *Local, caller Caller, port
 		}
 	}
 	req.URL.Scheme = "http"
-	req.URL.Host = net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	req.URL.Host = appHost(port)
 	return dst.App.RoundTrip(req)
+}
+
+// appHosts caches "127.0.0.1:<port>" per application port, which every
+// request delivered to an application needs.
+var appHosts sync.Map // uint16 → string
+
+func appHost(port uint16) string {
+	if h, ok := appHosts.Load(port); ok {
+		return h.(string)
+	}
+	h := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	appHosts.Store(port, h)
+	return h
 }
 
 // plain is a short text answer made by the proxy itself.
