@@ -245,7 +245,15 @@ func TestPipeCountsWhileOpen(t *testing.T) {
 	if _, err := io.ReadFull(client, make([]byte, 300)); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := [2]int64{n.AToB.Load(), n.BToA.Load()}, [2]int64{1000, 300}; got != want {
+	// A count is added when its write returns, which may be just after
+	// the peer read the bytes: wait for it, boundedly.
+	want := [2]int64{1000, 300}
+	got := [2]int64{n.AToB.Load(), n.BToA.Load()}
+	for deadline := time.Now().Add(5 * time.Second); got != want && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+		got = [2]int64{n.AToB.Load(), n.BToA.Load()}
+	}
+	if got != want {
 		t.Fatalf("counts while open = %v, want %v", got, want)
 	}
 	client.Write(make([]byte, 24))
