@@ -16,7 +16,9 @@ static __always_inline void sockkey_of(struct bpf_sock_ops *skops, __u64 netns, 
 	k->remote_port = bpf_ntohl(skops->remote_port);
 }
 
-static __always_inline void insert(struct bpf_sock_ops *skops, __u64 netns)
+/* insert puts a loopback socket into hms_sockhash; an application's end
+ * (app) also gets its hms_shortcuts entry, before any byte is sent. */
+static __always_inline void insert(struct bpf_sock_ops *skops, __u64 netns, int app)
 {
 	if (!accel_enabled)
 		return;
@@ -27,8 +29,13 @@ static __always_inline void insert(struct bpf_sock_ops *skops, __u64 netns)
 		return;
 	struct sockkey k = {};
 	sockkey_of(skops, netns, &k);
-	if (bpf_sock_hash_update(skops, &hms_sockhash, &k, BPF_NOEXIST) == 0)
-		count(CNT_SOCKMAP_INSERTED);
+	if (bpf_sock_hash_update(skops, &hms_sockhash, &k, BPF_NOEXIST) != 0)
+		return;
+	count(CNT_SOCKMAP_INSERTED);
+	if (app) {
+		struct shortcut s = {};
+		bpf_map_update_elem(&hms_shortcuts, &k, &s, BPF_ANY);
+	}
 }
 
 static __always_inline void active(struct bpf_sock_ops *skops)
@@ -67,8 +74,10 @@ static __always_inline void active(struct bpf_sock_ops *skops)
 		return;
 	/* The app's end of the outbound hop, or the agent's end of the
 	 * inbound hop (the agent dials the app over the pod's loopback). */
-	if ((o && rport == e->outbound_port) || sk->mark == agent_mark)
-		insert(skops, netns);
+	if (o && rport == e->outbound_port)
+		insert(skops, netns, 1);
+	else if (sk->mark == agent_mark)
+		insert(skops, netns, 0);
 }
 
 static __always_inline void passive(struct bpf_sock_ops *skops)
@@ -80,8 +89,10 @@ static __always_inline void passive(struct bpf_sock_ops *skops)
 	/* The proxy's end of the outbound hop, or the app's end of the
 	 * inbound hop (a declared service port). */
 	struct portkey pk = {.netns = netns, .port = skops->local_port};
-	if (skops->local_port == e->outbound_port || bpf_map_lookup_elem(&hms_inbound_ports, &pk))
-		insert(skops, netns);
+	if (skops->local_port == e->outbound_port)
+		insert(skops, netns, 0);
+	else if (bpf_map_lookup_elem(&hms_inbound_ports, &pk))
+		insert(skops, netns, 1);
 }
 
 SEC("sockops")

@@ -36,6 +36,8 @@ enum hms_counter {
 	CNT_SOCKMAP_INSERTED,   /* socket added to hms_sockhash */
 	CNT_MSG_REDIRECTED,     /* sk_msg redirected a message to its peer */
 	CNT_VIP_REFUSED,        /* connect to a VIP:port no service answers on */
+	CNT_SHORTCUT_ON,        /* a same-node L4 direction moved into the kernel */
+	CNT_MSG_SHORTCUT,       /* sk_msg sent a message straight to the other app */
 	CNT_MAX,
 };
 
@@ -133,6 +135,29 @@ struct {
 	__type(key, struct sockkey);
 	__type(value, __u64);
 } hms_sockhash SEC(".maps");
+
+/* A direction of a same-node L4 connection, app socket to app socket.
+ * While the agent relays it, sent counts the bytes the app's sk_msg sent
+ * the agent's way; the agent switches it into the kernel (SHORTCUT_ON)
+ * only when it has relayed exactly that many bytes, so a byte sent
+ * straight to target can never overtake one still queued at the agent. */
+struct shortcut {
+	__u64 sent; /* bytes sent; SHORTCUT_ON set = straight to target */
+	struct sockkey target; /* the other app's socket; read once ON is set */
+};
+#define SHORTCUT_ON (1ULL << 63)
+
+/* hms_shortcuts: an app's end of an accelerated hop (own sockkey) ->
+ * shortcut. Writer: sockops (creates it, established), sk_msg (counts),
+ * hms_shortcut_flip (target and the switch, run by the agent), agent
+ * (deletes it after the connection). Reader: sk_msg, agent (final count).
+ * LRU: entries of connections the agent relays elsewhere expire. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct sockkey);
+	__type(value, struct shortcut);
+} hms_shortcuts SEC(".maps");
 
 /* Inbound steering key: the pod's netns and one of its service ports. */
 struct portkey {

@@ -21,6 +21,7 @@ func agentCmd() *cobra.Command {
 		cfg     agent.Config
 		dpc     datapath.Config
 		accel   bool
+		scut    bool
 		cleanup bool
 		useKube bool
 		kubecfg string
@@ -32,7 +33,7 @@ func agentCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-			dpc.NoAccel, dpc.Log = !accel, log
+			dpc.NoAccel, dpc.NoShortcut, dpc.Log = !accel, !scut, log
 			if cleanup {
 				if err := datapath.Cleanup(dpc.BPFFS); err != nil {
 					return fmt.Errorf("cleanup %s: %w", dpc.BPFFS, err)
@@ -81,6 +82,7 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:15020", `address of /metrics, /healthz, /readyz ("off" to disable)`)
 	f.Var(prefixValue{&cfg.VIPRange}, "vip-cidr", "the mesh's VIP range, blackholed in pods and refused when unknown (default 240.240.0.0/16)")
 	f.BoolVar(&accel, "accel", true, "short-circuit app<->proxy loopback hops with sockhash/sk_msg")
+	f.BoolVar(&scut, "l4-shortcut", true, "move same-node L4 connections between two pods into the kernel once relayed up to date (needs --accel)")
 	f.BoolVar(&cleanup, "cleanup", false, "remove everything pinned under --bpffs and exit")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 0, "how long a replaced agent waits for its connections (default 30s)")
 	f.StringVar(&cfg.Control, "control", "", "control-plane address host:port (empty: standalone, no registry)")

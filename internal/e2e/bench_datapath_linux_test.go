@@ -18,21 +18,23 @@ type benchPair struct {
 
 // BenchmarkPrivilegedDatapath compares, in one run and interleaved, a
 // same-node pod-to-pod path without the mesh (direct) with the same path
-// through the agent, acceleration on and off: request/response latency for
+// through the agent — acceleration on (the default: same-node L4
+// connections move into the kernel once relayed up to date), on with the
+// shortcut off (every byte through the agent's relay), and off: request/response latency for
 // 64 B and 1 KiB messages and bulk throughput of one stream. Each figure is
 // the median of the rounds; ratios are to direct.
 func BenchmarkPrivilegedDatapath(b *testing.B) {
 	testbed.RequirePrivileged(b)
 	bed := testbed.New(b)
 	var pairs []benchPair
-	benchStep(b, "setting up direct, accel-on and accel-off pod pairs")
-	for _, mode := range []string{"direct", "accel-on", "accel-off"} {
+	benchStep(b, "setting up direct, accel-on, accel-relay and accel-off pod pairs")
+	for _, mode := range datapathModes {
 		n := bed.MustAddNode(b, mode)
 		p := benchPair{name: mode, client: n.MustAddPod(b, "c"), server: n.MustAddPod(b, "s")}
 		startServer(b, p.server, 7000, testApp, "echo", "--addr", ":7000")
 		startServer(b, p.server, 7001, testApp, "bulk-server", "--addr", ":7001")
 		if mode != "direct" {
-			a := newAgent(b, n, "--accel="+fmt.Sprint(mode == "accel-on"))
+			a := newAgent(b, n, "--accel="+fmt.Sprint(mode != "accel-off"), "--l4-shortcut="+fmt.Sprint(mode == "accel-on"))
 			a.start()
 			a.enroll(p.client, "client")
 			a.enroll(p.server, "server", 7000, 7001)
@@ -59,6 +61,9 @@ func BenchmarkPrivilegedDatapath(b *testing.B) {
 	}
 	printDatapathTable(res)
 }
+
+// datapathModes are the benchmark's paths, direct first.
+var datapathModes = []string{"direct", "accel-on", "accel-relay", "accel-off"}
 
 func runRR(b *testing.B, p benchPair, size, n int) struct{ P50us, P99us float64 } {
 	out, err := run(b, p.client, testApp, "rr", "--addr", fmt.Sprintf("%s:7000", p.server.IP), "--size", fmt.Sprint(size), "--n", fmt.Sprint(n))
@@ -110,8 +115,8 @@ func printDatapathTable(res map[string]map[string][]float64) {
 	d := res["direct"]
 	w := os.Stdout
 	fmt.Fprintf(w, "\nSame-node pod -> pod, median of %d rounds (%d round trips per size, 2 GiB bulk)\n", len(d["bulk"]), rtsOf(res))
-	fmt.Fprintf(w, "%-10s %14s %14s %14s %14s %16s\n", "path", "p50 64B (us)", "p99 64B (us)", "p50 1KiB (us)", "p99 1KiB (us)", "bulk (MB/s)")
-	for _, mode := range []string{"direct", "accel-on", "accel-off"} {
+	fmt.Fprintf(w, "%-11s %14s %14s %14s %14s %16s\n", "path", "p50 64B (us)", "p99 64B (us)", "p50 1KiB (us)", "p99 1KiB (us)", "bulk (MB/s)")
+	for _, mode := range datapathModes {
 		m := res[mode]
 		cell := func(k string) string {
 			v := median(m[k])
@@ -120,11 +125,11 @@ func printDatapathTable(res map[string]map[string][]float64) {
 			}
 			return fmt.Sprintf("%.1f (%.2fx)", v, v/median(d[k]))
 		}
-		fmt.Fprintf(w, "%-10s %14s %14s %14s %14s %16s\n", mode, cell("p50_64"), cell("p99_64"), cell("p50_1024"), cell("p99_1024"), cell("bulk"))
+		fmt.Fprintf(w, "%-11s %14s %14s %14s %14s %16s\n", mode, cell("p50_64"), cell("p99_64"), cell("p50_1024"), cell("p99_1024"), cell("bulk"))
 	}
-	for _, mode := range []string{"accel-on", "accel-off"} {
+	for _, mode := range datapathModes[1:] {
 		m := res[mode]
-		fmt.Fprintf(w, "%-10s added p50: %+.1f us (64 B), %+.1f us (1 KiB); bulk %.2fx direct\n", mode,
+		fmt.Fprintf(w, "%-11s added p50: %+.1f us (64 B), %+.1f us (1 KiB); bulk %.2fx direct\n", mode,
 			median(m["p50_64"])-median(d["p50_64"]), median(m["p50_1024"])-median(d["p50_1024"]), median(m["bulk"])/median(d["bulk"]))
 	}
 }

@@ -52,6 +52,7 @@ func TestPrivilegedBulkGiBIntact(t *testing.T) {
 			if redirectedMsgs != (accel == "true") {
 				t.Fatalf("accel=%s but msg_redirected %d -> %d", accel, before["msg_redirected"], after["msg_redirected"])
 			}
+			t.Logf("shortcut_on %d -> %d, msg_shortcut %d -> %d", before["shortcut_on"], after["shortcut_on"], before["msg_shortcut"], after["msg_shortcut"])
 		})
 	}
 }

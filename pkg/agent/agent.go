@@ -38,6 +38,7 @@ type Datapath interface {
 	Attachments() []datapath.Attachment
 	PinPath() string
 	Accel() bool
+	Shortcut(clientNetns uint64, accepted net.Conn, serverNetns uint64, dialled net.Conn) *datapath.Shortcut
 	Mark() uint32
 	SetVIP(vp netip.AddrPort, id uint32) error
 	DeleteVIP(vp netip.AddrPort) error

@@ -45,7 +45,7 @@ func (a *Agent) serveAuto(p *pod, c *net.TCPConn, tgt registry.Target) {
 	c.SetReadDeadline(time.Time{})
 	// Counted from the decision on; the replayed bytes pass the Pipe, so
 	// they are in its counts.
-	a.pipeTCP(&prefixConn{TCPConn: c, prefix: buf[:n]}, &peekedConn{Conn: up, s: s},
+	a.pipeLocal(p, local, &prefixConn{TCPConn: c, prefix: buf[:n]}, &peekedConn{Conn: up, s: s},
 		a.tcpLabels(p, tgt.Service.Namespace, tgt.Service.Name, local)...)
 }
 

@@ -41,7 +41,7 @@ func (a *Agent) serveService(p *pod, c *net.TCPConn, dst netip.AddrPort) {
 	case "tcp":
 		if up, local := a.dialService(p, c, tgt); up != nil {
 			defer up.Close()
-			a.pipeTCP(c, up, a.tcpLabels(p, tgt.Service.Namespace, tgt.Service.Name, local)...)
+			a.pipeLocal(p, local, c, up, a.tcpLabels(p, tgt.Service.Namespace, tgt.Service.Name, local)...)
 		}
 	default:
 		a.serveAuto(p, c, tgt)

@@ -2,10 +2,13 @@ package agent
 
 import (
 	"net"
+	"sync/atomic"
+	"time"
 
 	"github.com/hms-node/hms-node/pkg/agent/l4"
 	"github.com/hms-node/hms-node/pkg/agent/metrics"
 	"github.com/hms-node/hms-node/pkg/agent/registry"
+	"github.com/hms-node/hms-node/pkg/datapath"
 	mtls "github.com/hms-node/hms-node/pkg/tls"
 )
 
@@ -101,14 +104,88 @@ func (a *Agent) workloadMetrics() map[string]metrics.WorkloadState {
 // is the downstream side: bytes to it are "sent", bytes from it
 // "received", as Istio counts them. The counts are the copy loop's own.
 func (a *Agent) pipeTCP(client, up net.Conn, labels ...metrics.TCPLabels) {
+	a.pipeTCPShortcut(client, up, nil, labels...)
+}
+
+// pipeLocal is pipeTCP for a connection from pod p to local, a pod of
+// this node reached in-process (nil: another node): it is offered to the
+// datapath's same-node shortcut, which moves each direction into the
+// kernel once the relay has caught up with it.
+func (a *Agent) pipeLocal(p, local *pod, client, up net.Conn, labels ...metrics.TCPLabels) {
+	var sc *datapath.Shortcut
+	if local != nil && !p.dev && !local.dev {
+		sc = a.dp.Shortcut(p.spec.Cookie, client, local.spec.Cookie, up)
+	}
+	a.pipeTCPShortcut(client, up, sc, labels...)
+}
+
+// pipeTCPShortcut is pipeTCP with an optional shortcut. Bytes that went
+// through the kernel are known from the kernel's count of what each
+// application sent, read every shortcutPoll while the connection lasts
+// and once at its end, so reports lag by up to that much.
+func (a *Agent) pipeTCPShortcut(client, up net.Conn, sc *datapath.Shortcut, labels ...metrics.TCPLabels) {
 	n := new(l4.Counts)
 	conns := make([]*metrics.TCPConn, len(labels))
 	for i, l := range labels {
 		conns[i] = a.metrics.OpenTCP(l, &n.BToA, &n.AToB)
 	}
-	l4.PipeCounts(client, up, n)
+	if sc == nil {
+		l4.PipeCounts(client, up, n)
+	} else {
+		stop := make(chan struct{})
+		polled := make(chan struct{})
+		go func() {
+			defer close(polled)
+			t := time.NewTicker(shortcutPoll)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+					addKernelCounts(sc, n)
+				}
+			}
+		}()
+		l4.PipeShortcut(client, up, n, sc)
+		close(stop)
+		<-polled
+		addKernelCounts(sc, n)
+		if err := sc.Close(); err != nil {
+			a.log.Debug("forget shortcut", "error", err)
+		}
+	}
 	for _, c := range conns {
 		c.Close()
+	}
+}
+
+// shortcutPoll is how often a shortcut connection's kernel counts are read.
+const shortcutPoll = 5 * time.Second
+
+// addKernelCounts raises n to the kernel's count of each direction that
+// is in the kernel: that count covers everything the application sent,
+// relayed or not.
+func addKernelCounts(sc *datapath.Shortcut, n *l4.Counts) {
+	fromClient, fromServer, clientOn, serverOn, ok := sc.Sent()
+	if !ok {
+		return
+	}
+	if clientOn {
+		raise(&n.AToB, int64(fromClient))
+	}
+	if serverOn {
+		raise(&n.BToA, int64(fromServer))
+	}
+}
+
+// raise sets v to x unless v is already larger.
+func raise(v *atomic.Int64, x int64) {
+	for {
+		cur := v.Load()
+		if x <= cur || v.CompareAndSwap(cur, x) {
+			return
+		}
 	}
 }
 

@@ -220,9 +220,9 @@ func (a *Agent) serveOutbound(p *pod, c *net.TCPConn) {
 	// through, dialled from inside the pod, and is left out of the TCP
 	// metrics: its destinations are any address, not a bounded set.
 	var up net.Conn
+	var local *pod
 	var labels []metrics.TCPLabels
 	if ns, svc, ok := a.meshInstance(dst); ok {
-		var local *pod
 		up, local, err = a.dialEndpoint(p, dst, ns, svc, c)
 		labels = a.tcpLabels(p, ns, svc, local)
 	} else {
@@ -234,7 +234,7 @@ func (a *Agent) serveOutbound(p *pod, c *net.TCPConn) {
 		return
 	}
 	defer up.Close()
-	a.pipeTCP(c, up, labels...)
+	a.pipeLocal(p, local, c, up, labels...)
 }
 
 // serveInbound delivers a connection sk_lookup steered to 15006 to the

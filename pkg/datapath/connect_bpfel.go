@@ -43,6 +43,12 @@ type connectPortkey struct {
 	Pad   uint32
 }
 
+type connectShortcut struct {
+	_      structs.HostLayout
+	Sent   uint64
+	Target connectSockkey
+}
+
 type connectSockkey struct {
 	_          structs.HostLayout
 	Netns      uint64
@@ -70,6 +76,7 @@ const (
 	connectMapHmsOrigdst      = "hms_origdst"
 	connectMapHmsPodIps       = "hms_pod_ips"
 	connectMapHmsPods         = "hms_pods"
+	connectMapHmsShortcuts    = "hms_shortcuts"
 	connectMapHmsSkOrig       = "hms_sk_orig"
 	connectMapHmsSockhash     = "hms_sockhash"
 	connectMapHmsVips         = "hms_vips"
@@ -139,6 +146,7 @@ type connectMapSpecs struct {
 	HmsOrigdst      *ebpf.MapSpec `ebpf:"hms_origdst"`
 	HmsPodIps       *ebpf.MapSpec `ebpf:"hms_pod_ips"`
 	HmsPods         *ebpf.MapSpec `ebpf:"hms_pods"`
+	HmsShortcuts    *ebpf.MapSpec `ebpf:"hms_shortcuts"`
 	HmsSkOrig       *ebpf.MapSpec `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.MapSpec `ebpf:"hms_sockhash"`
 	HmsVips         *ebpf.MapSpec `ebpf:"hms_vips"`
@@ -182,6 +190,7 @@ type connectMaps struct {
 	HmsOrigdst      *ebpf.Map `ebpf:"hms_origdst"`
 	HmsPodIps       *ebpf.Map `ebpf:"hms_pod_ips"`
 	HmsPods         *ebpf.Map `ebpf:"hms_pods"`
+	HmsShortcuts    *ebpf.Map `ebpf:"hms_shortcuts"`
 	HmsSkOrig       *ebpf.Map `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.Map `ebpf:"hms_sockhash"`
 	HmsVips         *ebpf.Map `ebpf:"hms_vips"`
@@ -197,6 +206,7 @@ func (m *connectMaps) Close() error {
 		m.HmsOrigdst,
 		m.HmsPodIps,
 		m.HmsPods,
+		m.HmsShortcuts,
 		m.HmsSkOrig,
 		m.HmsSockhash,
 		m.HmsVips,

@@ -12,4 +12,6 @@ var CounterNames = []string{
 	"sockmap_inserted",
 	"msg_redirected",
 	"vip_refused",
+	"shortcut_on",
+	"msg_shortcut",
 }

@@ -36,6 +36,10 @@ type Config struct {
 	VIPRange netip.Prefix
 	// NoAccel turns the sockhash/sk_msg short-circuit off.
 	NoAccel bool
+	// NoShortcut keeps same-node L4 connections relayed by the agent
+	// instead of moving them into the kernel (Shortcut); implied by
+	// NoAccel.
+	NoShortcut bool
 	// Log receives load and attach events; default slog.Default().
 	Log *slog.Logger
 }
@@ -327,6 +331,9 @@ func (d *Datapath) PinPath() string { return d.cfg.BPFFS }
 
 // Accel tells whether sk_msg acceleration is on.
 func (d *Datapath) Accel() bool { return !d.cfg.NoAccel }
+
+// ShortcutOn tells whether same-node L4 connections move into the kernel.
+func (d *Datapath) ShortcutOn() bool { return !d.cfg.NoAccel && !d.cfg.NoShortcut }
 
 // CgroupRoot is the cgroup v2 directory whose processes are steered.
 func (d *Datapath) CgroupRoot() string { return d.cfg.CgroupRoot }

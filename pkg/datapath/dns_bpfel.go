@@ -43,6 +43,12 @@ type dnsPortkey struct {
 	Pad   uint32
 }
 
+type dnsShortcut struct {
+	_      structs.HostLayout
+	Sent   uint64
+	Target dnsSockkey
+}
+
 type dnsSockkey struct {
 	_          structs.HostLayout
 	Netns      uint64
@@ -70,6 +76,7 @@ const (
 	dnsMapHmsOrigdst      = "hms_origdst"
 	dnsMapHmsPodIps       = "hms_pod_ips"
 	dnsMapHmsPods         = "hms_pods"
+	dnsMapHmsShortcuts    = "hms_shortcuts"
 	dnsMapHmsSkOrig       = "hms_sk_orig"
 	dnsMapHmsSockhash     = "hms_sockhash"
 	dnsMapHmsVips         = "hms_vips"
@@ -143,6 +150,7 @@ type dnsMapSpecs struct {
 	HmsOrigdst      *ebpf.MapSpec `ebpf:"hms_origdst"`
 	HmsPodIps       *ebpf.MapSpec `ebpf:"hms_pod_ips"`
 	HmsPods         *ebpf.MapSpec `ebpf:"hms_pods"`
+	HmsShortcuts    *ebpf.MapSpec `ebpf:"hms_shortcuts"`
 	HmsSkOrig       *ebpf.MapSpec `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.MapSpec `ebpf:"hms_sockhash"`
 	HmsVips         *ebpf.MapSpec `ebpf:"hms_vips"`
@@ -186,6 +194,7 @@ type dnsMaps struct {
 	HmsOrigdst      *ebpf.Map `ebpf:"hms_origdst"`
 	HmsPodIps       *ebpf.Map `ebpf:"hms_pod_ips"`
 	HmsPods         *ebpf.Map `ebpf:"hms_pods"`
+	HmsShortcuts    *ebpf.Map `ebpf:"hms_shortcuts"`
 	HmsSkOrig       *ebpf.Map `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.Map `ebpf:"hms_sockhash"`
 	HmsVips         *ebpf.Map `ebpf:"hms_vips"`
@@ -201,6 +210,7 @@ func (m *dnsMaps) Close() error {
 		m.HmsOrigdst,
 		m.HmsPodIps,
 		m.HmsPods,
+		m.HmsShortcuts,
 		m.HmsSkOrig,
 		m.HmsSockhash,
 		m.HmsVips,

@@ -43,6 +43,12 @@ type getpeernamePortkey struct {
 	Pad   uint32
 }
 
+type getpeernameShortcut struct {
+	_      structs.HostLayout
+	Sent   uint64
+	Target getpeernameSockkey
+}
+
 type getpeernameSockkey struct {
 	_          structs.HostLayout
 	Netns      uint64
@@ -70,6 +76,7 @@ const (
 	getpeernameMapHmsOrigdst       = "hms_origdst"
 	getpeernameMapHmsPodIps        = "hms_pod_ips"
 	getpeernameMapHmsPods          = "hms_pods"
+	getpeernameMapHmsShortcuts     = "hms_shortcuts"
 	getpeernameMapHmsSkOrig        = "hms_sk_orig"
 	getpeernameMapHmsSockhash      = "hms_sockhash"
 	getpeernameMapHmsVips          = "hms_vips"
@@ -139,6 +146,7 @@ type getpeernameMapSpecs struct {
 	HmsOrigdst      *ebpf.MapSpec `ebpf:"hms_origdst"`
 	HmsPodIps       *ebpf.MapSpec `ebpf:"hms_pod_ips"`
 	HmsPods         *ebpf.MapSpec `ebpf:"hms_pods"`
+	HmsShortcuts    *ebpf.MapSpec `ebpf:"hms_shortcuts"`
 	HmsSkOrig       *ebpf.MapSpec `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.MapSpec `ebpf:"hms_sockhash"`
 	HmsVips         *ebpf.MapSpec `ebpf:"hms_vips"`
@@ -182,6 +190,7 @@ type getpeernameMaps struct {
 	HmsOrigdst      *ebpf.Map `ebpf:"hms_origdst"`
 	HmsPodIps       *ebpf.Map `ebpf:"hms_pod_ips"`
 	HmsPods         *ebpf.Map `ebpf:"hms_pods"`
+	HmsShortcuts    *ebpf.Map `ebpf:"hms_shortcuts"`
 	HmsSkOrig       *ebpf.Map `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.Map `ebpf:"hms_sockhash"`
 	HmsVips         *ebpf.Map `ebpf:"hms_vips"`
@@ -197,6 +206,7 @@ func (m *getpeernameMaps) Close() error {
 		m.HmsOrigdst,
 		m.HmsPodIps,
 		m.HmsPods,
+		m.HmsShortcuts,
 		m.HmsSkOrig,
 		m.HmsSockhash,
 		m.HmsVips,

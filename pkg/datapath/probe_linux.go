@@ -44,6 +44,7 @@ func Probe() error {
 		{ebpf.SockOps, "sockops programs (CONFIG_CGROUP_BPF)"},
 		{ebpf.SkMsg, "sk_msg programs (CONFIG_BPF_STREAM_PARSER)"},
 		{ebpf.SkLookup, "sk_lookup programs (kernel 5.9+)"},
+		{ebpf.Syscall, "syscall programs, for the same-node L4 shortcut (kernel 5.14+)"},
 	} {
 		if err := features.HaveProgramType(pt.t); err != nil {
 			errs = append(errs, &MissingError{pt.name, "run on a kernel built with it (5.15 or newer recommended): " + err.Error()})

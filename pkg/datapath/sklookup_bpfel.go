@@ -43,6 +43,12 @@ type sklookupPortkey struct {
 	Pad   uint32
 }
 
+type sklookupShortcut struct {
+	_      structs.HostLayout
+	Sent   uint64
+	Target sklookupSockkey
+}
+
 type sklookupSockkey struct {
 	_          structs.HostLayout
 	Netns      uint64
@@ -70,6 +76,7 @@ const (
 	sklookupMapHmsOrigdst      = "hms_origdst"
 	sklookupMapHmsPodIps       = "hms_pod_ips"
 	sklookupMapHmsPods         = "hms_pods"
+	sklookupMapHmsShortcuts    = "hms_shortcuts"
 	sklookupMapHmsSkOrig       = "hms_sk_orig"
 	sklookupMapHmsSockhash     = "hms_sockhash"
 	sklookupMapHmsVips         = "hms_vips"
@@ -138,6 +145,7 @@ type sklookupMapSpecs struct {
 	HmsOrigdst      *ebpf.MapSpec `ebpf:"hms_origdst"`
 	HmsPodIps       *ebpf.MapSpec `ebpf:"hms_pod_ips"`
 	HmsPods         *ebpf.MapSpec `ebpf:"hms_pods"`
+	HmsShortcuts    *ebpf.MapSpec `ebpf:"hms_shortcuts"`
 	HmsSkOrig       *ebpf.MapSpec `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.MapSpec `ebpf:"hms_sockhash"`
 	HmsVips         *ebpf.MapSpec `ebpf:"hms_vips"`
@@ -182,6 +190,7 @@ type sklookupMaps struct {
 	HmsOrigdst      *ebpf.Map `ebpf:"hms_origdst"`
 	HmsPodIps       *ebpf.Map `ebpf:"hms_pod_ips"`
 	HmsPods         *ebpf.Map `ebpf:"hms_pods"`
+	HmsShortcuts    *ebpf.Map `ebpf:"hms_shortcuts"`
 	HmsSkOrig       *ebpf.Map `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.Map `ebpf:"hms_sockhash"`
 	HmsVips         *ebpf.Map `ebpf:"hms_vips"`
@@ -197,6 +206,7 @@ func (m *sklookupMaps) Close() error {
 		m.HmsOrigdst,
 		m.HmsPodIps,
 		m.HmsPods,
+		m.HmsShortcuts,
 		m.HmsSkOrig,
 		m.HmsSockhash,
 		m.HmsVips,

@@ -43,6 +43,12 @@ type skmsgPortkey struct {
 	Pad   uint32
 }
 
+type skmsgShortcut struct {
+	_      structs.HostLayout
+	Sent   uint64
+	Target skmsgSockkey
+}
+
 type skmsgSockkey struct {
 	_          structs.HostLayout
 	Netns      uint64
@@ -62,22 +68,24 @@ type skmsgVipkey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	skmsgMapHmsCgroups      = "hms_cgroups"
-	skmsgMapHmsCounters     = "hms_counters"
-	skmsgMapHmsExemptSrc    = "hms_exempt_src"
-	skmsgMapHmsInboundPorts = "hms_inbound_ports"
-	skmsgMapHmsListeners    = "hms_listeners"
-	skmsgMapHmsOrigdst      = "hms_origdst"
-	skmsgMapHmsPodIps       = "hms_pod_ips"
-	skmsgMapHmsPods         = "hms_pods"
-	skmsgMapHmsSkOrig       = "hms_sk_orig"
-	skmsgMapHmsSockhash     = "hms_sockhash"
-	skmsgMapHmsVips         = "hms_vips"
-	skmsgProgHmsSkmsg       = "hms_skmsg"
-	skmsgVarAccelEnabled    = "accel_enabled"
-	skmsgVarAgentMark       = "agent_mark"
-	skmsgVarVipMask         = "vip_mask"
-	skmsgVarVipNet          = "vip_net"
+	skmsgMapHmsCgroups       = "hms_cgroups"
+	skmsgMapHmsCounters      = "hms_counters"
+	skmsgMapHmsExemptSrc     = "hms_exempt_src"
+	skmsgMapHmsInboundPorts  = "hms_inbound_ports"
+	skmsgMapHmsListeners     = "hms_listeners"
+	skmsgMapHmsOrigdst       = "hms_origdst"
+	skmsgMapHmsPodIps        = "hms_pod_ips"
+	skmsgMapHmsPods          = "hms_pods"
+	skmsgMapHmsShortcuts     = "hms_shortcuts"
+	skmsgMapHmsSkOrig        = "hms_sk_orig"
+	skmsgMapHmsSockhash      = "hms_sockhash"
+	skmsgMapHmsVips          = "hms_vips"
+	skmsgProgHmsShortcutFlip = "hms_shortcut_flip"
+	skmsgProgHmsSkmsg        = "hms_skmsg"
+	skmsgVarAccelEnabled     = "accel_enabled"
+	skmsgVarAgentMark        = "agent_mark"
+	skmsgVarVipMask          = "vip_mask"
+	skmsgVarVipNet           = "vip_net"
 )
 
 // loadSkmsg returns the embedded CollectionSpec for skmsg.
@@ -122,7 +130,8 @@ type skmsgSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type skmsgProgramSpecs struct {
-	HmsSkmsg *ebpf.ProgramSpec `ebpf:"hms_skmsg"`
+	HmsShortcutFlip *ebpf.ProgramSpec `ebpf:"hms_shortcut_flip"`
+	HmsSkmsg        *ebpf.ProgramSpec `ebpf:"hms_skmsg"`
 }
 
 // skmsgMapSpecs contains maps before they are loaded into the kernel.
@@ -137,6 +146,7 @@ type skmsgMapSpecs struct {
 	HmsOrigdst      *ebpf.MapSpec `ebpf:"hms_origdst"`
 	HmsPodIps       *ebpf.MapSpec `ebpf:"hms_pod_ips"`
 	HmsPods         *ebpf.MapSpec `ebpf:"hms_pods"`
+	HmsShortcuts    *ebpf.MapSpec `ebpf:"hms_shortcuts"`
 	HmsSkOrig       *ebpf.MapSpec `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.MapSpec `ebpf:"hms_sockhash"`
 	HmsVips         *ebpf.MapSpec `ebpf:"hms_vips"`
@@ -180,6 +190,7 @@ type skmsgMaps struct {
 	HmsOrigdst      *ebpf.Map `ebpf:"hms_origdst"`
 	HmsPodIps       *ebpf.Map `ebpf:"hms_pod_ips"`
 	HmsPods         *ebpf.Map `ebpf:"hms_pods"`
+	HmsShortcuts    *ebpf.Map `ebpf:"hms_shortcuts"`
 	HmsSkOrig       *ebpf.Map `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.Map `ebpf:"hms_sockhash"`
 	HmsVips         *ebpf.Map `ebpf:"hms_vips"`
@@ -195,6 +206,7 @@ func (m *skmsgMaps) Close() error {
 		m.HmsOrigdst,
 		m.HmsPodIps,
 		m.HmsPods,
+		m.HmsShortcuts,
 		m.HmsSkOrig,
 		m.HmsSockhash,
 		m.HmsVips,
@@ -215,11 +227,13 @@ type skmsgVariables struct {
 //
 // It can be passed to loadSkmsgObjects or ebpf.CollectionSpec.LoadAndAssign.
 type skmsgPrograms struct {
-	HmsSkmsg *ebpf.Program `ebpf:"hms_skmsg"`
+	HmsShortcutFlip *ebpf.Program `ebpf:"hms_shortcut_flip"`
+	HmsSkmsg        *ebpf.Program `ebpf:"hms_skmsg"`
 }
 
 func (p *skmsgPrograms) Close() error {
 	return _SkmsgClose(
+		p.HmsShortcutFlip,
 		p.HmsSkmsg,
 	)
 }

@@ -43,6 +43,12 @@ type sockopsPortkey struct {
 	Pad   uint32
 }
 
+type sockopsShortcut struct {
+	_      structs.HostLayout
+	Sent   uint64
+	Target sockopsSockkey
+}
+
 type sockopsSockkey struct {
 	_          structs.HostLayout
 	Netns      uint64
@@ -70,6 +76,7 @@ const (
 	sockopsMapHmsOrigdst      = "hms_origdst"
 	sockopsMapHmsPodIps       = "hms_pod_ips"
 	sockopsMapHmsPods         = "hms_pods"
+	sockopsMapHmsShortcuts    = "hms_shortcuts"
 	sockopsMapHmsSkOrig       = "hms_sk_orig"
 	sockopsMapHmsSockhash     = "hms_sockhash"
 	sockopsMapHmsVips         = "hms_vips"
@@ -137,6 +144,7 @@ type sockopsMapSpecs struct {
 	HmsOrigdst      *ebpf.MapSpec `ebpf:"hms_origdst"`
 	HmsPodIps       *ebpf.MapSpec `ebpf:"hms_pod_ips"`
 	HmsPods         *ebpf.MapSpec `ebpf:"hms_pods"`
+	HmsShortcuts    *ebpf.MapSpec `ebpf:"hms_shortcuts"`
 	HmsSkOrig       *ebpf.MapSpec `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.MapSpec `ebpf:"hms_sockhash"`
 	HmsVips         *ebpf.MapSpec `ebpf:"hms_vips"`
@@ -180,6 +188,7 @@ type sockopsMaps struct {
 	HmsOrigdst      *ebpf.Map `ebpf:"hms_origdst"`
 	HmsPodIps       *ebpf.Map `ebpf:"hms_pod_ips"`
 	HmsPods         *ebpf.Map `ebpf:"hms_pods"`
+	HmsShortcuts    *ebpf.Map `ebpf:"hms_shortcuts"`
 	HmsSkOrig       *ebpf.Map `ebpf:"hms_sk_orig"`
 	HmsSockhash     *ebpf.Map `ebpf:"hms_sockhash"`
 	HmsVips         *ebpf.Map `ebpf:"hms_vips"`
@@ -195,6 +204,7 @@ func (m *sockopsMaps) Close() error {
 		m.HmsOrigdst,
 		m.HmsPodIps,
 		m.HmsPods,
+		m.HmsShortcuts,
 		m.HmsSkOrig,
 		m.HmsSockhash,
 		m.HmsVips,

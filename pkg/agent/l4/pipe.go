@@ -123,14 +123,59 @@ func Pipe(a, b net.Conn) (aToB, bToA int64, err error) {
 // which it counted anyway), so readers see progress while the connection
 // lasts.
 func PipeCounts(a, b net.Conn, n *Counts) error {
+	return PipeShortcut(a, b, n, nil)
+}
+
+// Shortcut moves one direction of a piped connection out of the relay
+// (into the kernel: pkg/datapath) once the relay has written every byte
+// sent that way so far; aToB names the direction, relayed is what the
+// relay wrote that way. on says the direction no longer passes the relay;
+// again whether a later try can succeed.
+type Shortcut interface {
+	Flip(aToB bool, relayed int64) (on, again bool, err error)
+}
+
+// maxFlipTries bounds the tries per direction: one before the first read
+// and one after each write. A direction whose sender never pauses between
+// messages may never be caught up; it stays relayed.
+const maxFlipTries = 64
+
+// flipper tries a direction's Shortcut until it is on or no use.
+type flipper struct {
+	sc    Shortcut
+	aToB  bool
+	tries int
+	done  bool
+}
+
+func (f *flipper) try(relayed int64) {
+	if f == nil || f.done {
+		return
+	}
+	f.tries++
+	on, again, err := f.sc.Flip(f.aToB, relayed)
+	f.done = on || !again || err != nil || f.tries >= maxFlipTries
+}
+
+// PipeShortcut is PipeCounts with a shortcut: each direction is offered
+// to sc before its first read and after each write, until it is taken.
+// A taken direction's copy goes on reading its source, which then only
+// ends (EOF, half-closing the other side as before) or, if the shortcut
+// falls back (its target socket gone), carries the rest in order. n
+// counts only what the relay copied; sc knows the rest.
+func PipeShortcut(a, b net.Conn, n *Counts, sc Shortcut) error {
 	p := &pipe{a: a, b: b}
+	var fa, fb *flipper
+	if sc != nil {
+		fa, fb = &flipper{sc: sc, aToB: true}, &flipper{sc: sc}
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		p.copyAToB(&n.AToB)
+		p.copyAToB(&n.AToB, fa)
 	}()
-	p.copyBToA(&n.BToA)
+	p.copyBToA(&n.BToA, fb)
 	wg.Wait()
 	a.Close()
 	b.Close()
@@ -139,15 +184,15 @@ func PipeCounts(a, b net.Conn, n *Counts) error {
 
 // copyAToB and copyBToA are separate named functions so that goroutine
 // dumps of a busy proxy say which way each copy runs.
-func (p *pipe) copyAToB(n *atomic.Int64) { p.copyDir(p.b, p.a, n, "a->b") }
+func (p *pipe) copyAToB(n *atomic.Int64, f *flipper) { p.copyDir(p.b, p.a, n, f, "a->b") }
 
-func (p *pipe) copyBToA(n *atomic.Int64) { p.copyDir(p.a, p.b, n, "b->a") }
+func (p *pipe) copyBToA(n *atomic.Int64, f *flipper) { p.copyDir(p.a, p.b, n, f, "b->a") }
 
 // copyDir copies src to dst until src ends, then half-closes dst.
-func (p *pipe) copyDir(dst, src net.Conn, n *atomic.Int64, dir string) {
+func (p *pipe) copyDir(dst, src net.Conn, n *atomic.Int64, f *flipper, dir string) {
 	buf := newCopyBuf()
 	defer buf.release()
-	if err := copyLoop(writerOnly{dst}, readerOnly{src}, buf, n); err != nil {
+	if err := copyLoop(writerOnly{dst}, readerOnly{src}, buf, n, f); err != nil {
 		p.abort(fmt.Errorf("%s: %w", dir, err))
 		return
 	}
@@ -162,9 +207,11 @@ func (p *pipe) copyDir(dst, src net.Conn, n *atomic.Int64, dir string) {
 }
 
 // copyLoop copies src to dst through buf until src returns io.EOF (a nil
-// error) or either side fails, adding what it wrote to n. It is the only
+// error) or either side fails, adding what it wrote to n and offering the
+// direction to f (nil: none) when all it read is written. It is the only
 // copy in this package and sees nothing but Read and Write.
-func copyLoop(dst io.Writer, src io.Reader, buf *copyBuf, n *atomic.Int64) error {
+func copyLoop(dst io.Writer, src io.Reader, buf *copyBuf, n *atomic.Int64, f *flipper) error {
+	f.try(n.Load())
 	for {
 		b := buf.bytes()
 		nr, rerr := src.Read(b)
@@ -178,6 +225,7 @@ func copyLoop(dst io.Writer, src io.Reader, buf *copyBuf, n *atomic.Int64) error
 				return fmt.Errorf("write: %w", io.ErrShortWrite)
 			}
 			buf.adapt(nr)
+			f.try(n.Load())
 		}
 		if rerr == io.EOF {
 			return nil

@@ -299,7 +299,7 @@ func TestCopyLoopBufferFollowsTheStream(t *testing.T) {
 	buf := newCopyBuf()
 	defer buf.release()
 	var n atomic.Int64
-	if err := copyLoop(io.Discard, r, buf, &n); err != nil {
+	if err := copyLoop(io.Discard, r, buf, &n, nil); err != nil {
 		t.Fatal(err)
 	}
 	want := []int{smallBufSize, smallBufSize, bigBufSize, bigBufSize, bigBufSize, smallBufSize, smallBufSize}
