@@ -154,7 +154,7 @@ struct shortcut {
  * LRU: entries of connections the agent relays elsewhere expire. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 131072);
+	__uint(max_entries, 65536); /* as hms_sockhash: only its members get one */
 	__type(key, struct sockkey);
 	__type(value, struct shortcut);
 } hms_shortcuts SEC(".maps");
