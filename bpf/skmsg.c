@@ -58,8 +58,8 @@ struct flip_args {
 enum flip_result {
 	FLIP_DONE = 1,     /* the direction is in the kernel now */
 	FLIP_PENDING = 2,  /* bytes are still on their way to the agent: relay, try again */
-	FLIP_NO_SELF = 3,  /* self has no entry (not accelerated): never */
-	FLIP_NO_TARGET = 4 /* target has no entry (not accelerated): never */
+	FLIP_NO_SELF = 3,  /* self has no entry (not accelerated, or closing): never */
+	FLIP_NO_TARGET = 4 /* target has no entry (yet: its established callback may still run) */
 };
 
 /* hms_shortcut_flip, run by the agent (BPF_PROG_RUN): switches self's
@@ -72,15 +72,19 @@ int hms_shortcut_flip(struct flip_args *args)
 	struct sockkey self = args->self;
 	struct sockkey target = args->target;
 	__u64 relayed = args->relayed;
-	if (relayed & SHORTCUT_ON)
+	if (relayed & ~SHORTCUT_BYTES)
 		return FLIP_PENDING;
 	struct shortcut *s = bpf_map_lookup_elem(&hms_shortcuts, &self);
 	if (!s)
 		return FLIP_NO_SELF;
-	if (!bpf_map_lookup_elem(&hms_shortcuts, &target))
+	struct shortcut *t = bpf_map_lookup_elem(&hms_shortcuts, &target);
+	if (!t)
 		return FLIP_NO_TARGET;
+	/* Both entries name each other, so whichever socket closes first
+	 * can switch the other's direction back (sockops). */
 	s->target = target;
-	if (__sync_val_compare_and_swap(&s->sent, relayed, relayed | SHORTCUT_ON) != relayed)
+	t->target = self;
+	if (__sync_val_compare_and_swap(&s->sent, relayed, relayed | SHORTCUT_ON | SHORTCUT_EVER) != relayed)
 		return FLIP_PENDING;
 	count(CNT_SHORTCUT_ON);
 	return FLIP_DONE;

@@ -34,8 +34,31 @@ static __always_inline void insert(struct bpf_sock_ops *skops, __u64 netns, int 
 	count(CNT_SOCKMAP_INSERTED);
 	if (app) {
 		struct shortcut s = {};
-		bpf_map_update_elem(&hms_shortcuts, &k, &s, BPF_ANY);
+		if (bpf_map_update_elem(&hms_shortcuts, &k, &s, BPF_ANY) == 0)
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	}
+}
+
+/* left_established: an app's socket with an hms_shortcuts entry is
+ * closing (FIN sent or received, reset). Both directions go back through
+ * the agent — always in order, since the agent's hop stays where it was —
+ * and an entry that never switched goes away. */
+static __always_inline void left_established(struct bpf_sock_ops *skops)
+{
+	struct sockkey k = {};
+	sockkey_of(skops, bpf_get_netns_cookie(skops), &k);
+	struct shortcut *s = bpf_map_lookup_elem(&hms_shortcuts, &k);
+	if (!s)
+		return;
+	__sync_fetch_and_and(&s->sent, ~SHORTCUT_ON);
+	struct sockkey t = s->target;
+	if (t.netns) {
+		struct shortcut *p = bpf_map_lookup_elem(&hms_shortcuts, &t);
+		if (p)
+			__sync_fetch_and_and(&p->sent, ~SHORTCUT_ON);
+	}
+	if (!(s->sent & SHORTCUT_EVER))
+		bpf_map_delete_elem(&hms_shortcuts, &k);
 }
 
 static __always_inline void active(struct bpf_sock_ops *skops)
@@ -104,6 +127,10 @@ int hms_sockops(struct bpf_sock_ops *skops)
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		passive(skops);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[0] == BPF_TCP_ESTABLISHED)
+			left_established(skops);
 		break;
 	}
 	return 1;

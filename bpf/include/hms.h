@@ -145,13 +145,19 @@ struct shortcut {
 	__u64 sent; /* bytes sent; SHORTCUT_ON set = straight to target */
 	struct sockkey target; /* the other app's socket; read once ON is set */
 };
-#define SHORTCUT_ON (1ULL << 63)
+#define SHORTCUT_ON (1ULL << 63)   /* this direction goes straight to target */
+#define SHORTCUT_EVER (1ULL << 62) /* it did once: sent is the direction's byte count */
+#define SHORTCUT_BYTES (SHORTCUT_EVER - 1)
 
 /* hms_shortcuts: an app's end of an accelerated hop (own sockkey) ->
- * shortcut. Writer: sockops (creates it, established), sk_msg (counts),
- * hms_shortcut_flip (target and the switch, run by the agent), agent
- * (deletes it after the connection). Reader: sk_msg, agent (final count).
- * LRU: entries of connections the agent relays elsewhere expire. */
+ * shortcut. Writer: sockops (creates it, established; when either app's
+ * socket leaves ESTABLISHED it switches both directions back to the
+ * agent, which is always in order, and deletes an entry never switched),
+ * sk_msg (counts), hms_shortcut_flip (targets and the switch, run by the
+ * agent), agent (deletes switched entries after the connection). Reader:
+ * sk_msg, agent (final count). A closing socket thus never leaves a
+ * switched peer aimed at a 4-tuple a new connection may reuse, and a dead
+ * agent leaves no connection running past it. LRU as a backstop. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536); /* as hms_sockhash: only its members get one */

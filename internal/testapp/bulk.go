@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"time"
 )
 
 // patternBlock is the deterministic 1 MiB block bulk transfers repeat.
@@ -73,12 +74,19 @@ func ServeBulk(l net.Listener) error {
 // sha256 of what the receiving side got, and its byte count. Direction
 // "sink" is "down" without hashing, for throughput benchmarks.
 func Bulk(c net.Conn, dir string, n int64) (string, int64, error) {
+	return BulkAfter(c, dir, n, 0)
+}
+
+// BulkAfter is Bulk pausing for pause between its header and the data,
+// as a client that speaks, waits, then streams.
+func BulkAfter(c net.Conn, dir string, n int64, pause time.Duration) (string, int64, error) {
 	var hdr [9]byte
 	hdr[0] = dir[0]
 	binary.BigEndian.PutUint64(hdr[1:], uint64(n))
 	if _, err := c.Write(hdr[:]); err != nil {
 		return "", 0, err
 	}
+	time.Sleep(pause)
 	if dir == "sink" {
 		got, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{c}, make([]byte, 256<<10))
 		return "", got, err

@@ -167,10 +167,7 @@ const shortcutPoll = 5 * time.Second
 // is in the kernel: that count covers everything the application sent,
 // relayed or not.
 func addKernelCounts(sc *datapath.Shortcut, n *l4.Counts) {
-	fromClient, fromServer, clientOn, serverOn, ok := sc.Sent()
-	if !ok {
-		return
-	}
+	fromClient, fromServer, clientOn, serverOn := sc.Sent()
 	if clientOn {
 		raise(&n.AToB, int64(fromClient))
 	}

@@ -21,8 +21,9 @@ import (
 // kernel's count of bytes sent the agent's way, so it succeeds only when
 // none is still queued at, or on its way to, the agent.
 type Shortcut struct {
-	d              *Datapath
-	client, server skmsgSockkey // the applications' own sockets
+	shortcuts      *ebpf.Map     // hms_shortcuts
+	flip           *ebpf.Program // hms_shortcut_flip
+	client, server skmsgSockkey  // the applications' own sockets
 }
 
 // flipArgs is struct flip_args of bpf/skmsg.c.
@@ -41,13 +42,20 @@ const (
 	flipNoTarget = 4
 )
 
-const shortcutOn = 1 << 63
+// Bits of struct shortcut's sent (SHORTCUT_EVER, SHORTCUT_BYTES).
+const (
+	shortcutEver  = 1 << 62
+	shortcutBytes = shortcutEver - 1
+)
 
 // Shortcut returns the shortcut of a connection the agent accepted on a
 // pod's 15001 (accepted, in netns clientNetns) and relays to an
 // application of this node over that pod's loopback (dialled, in netns
 // serverNetns), or nil when acceleration or the shortcut is off or the
-// sockets are not IPv4 loopback (only those are accelerated).
+// sockets are not IPv4 loopback (only those are accelerated), or one of
+// the agent's own two sockets is not in hms_sockhash: its relayed bytes
+// would then go through loopback TCP and could be overtaken by the ones
+// sent straight to the application's receive queue.
 func (d *Datapath) Shortcut(clientNetns uint64, accepted net.Conn, serverNetns uint64, dialled net.Conn) *Shortcut {
 	if d.cfg.NoAccel || d.cfg.NoShortcut {
 		return nil
@@ -55,10 +63,17 @@ func (d *Datapath) Shortcut(clientNetns uint64, accepted net.Conn, serverNetns u
 	// The application's socket sees the agent's ends the other way round.
 	c, ok1 := appKey(clientNetns, accepted.RemoteAddr(), accepted.LocalAddr())
 	s, ok2 := appKey(serverNetns, dialled.RemoteAddr(), dialled.LocalAddr())
-	if !ok1 || !ok2 {
+	a1, ok3 := appKey(clientNetns, accepted.LocalAddr(), accepted.RemoteAddr())
+	a2, ok4 := appKey(serverNetns, dialled.LocalAddr(), dialled.RemoteAddr())
+	if !ok1 || !ok2 || !ok3 || !ok4 {
 		return nil
 	}
-	return &Shortcut{d: d, client: c, server: s}
+	var cookie uint64
+	hash := d.maps["hms_sockhash"]
+	if hash.Lookup(a1, &cookie) != nil || hash.Lookup(a2, &cookie) != nil {
+		return nil
+	}
+	return &Shortcut{shortcuts: d.maps["hms_shortcuts"], flip: d.progs["hms_shortcut_flip"], client: c, server: s}
 }
 
 // appKey is the sockkey an application's socket has: its own address
@@ -93,37 +108,39 @@ func (s *Shortcut) Flip(toServer bool, relayed int64) (on, again bool, err error
 	if toServer {
 		args.Self, args.Target = s.client, s.server
 	}
-	ret, err := s.d.progs["hms_shortcut_flip"].Run(&ebpf.RunOptions{Context: args})
+	ret, err := s.flip.Run(&ebpf.RunOptions{Context: args})
 	if err != nil {
 		return false, false, fmt.Errorf("run hms_shortcut_flip: %w", err)
 	}
 	switch ret {
 	case flipDone:
 		return true, false, nil
-	case flipPending:
+	case flipPending, flipNoTarget:
 		return false, true, nil
-	case flipNoSelf, flipNoTarget:
+	case flipNoSelf:
 		return false, false, nil
 	}
 	return false, false, fmt.Errorf("hms_shortcut_flip: unexpected result %d", ret)
 }
 
 // Sent returns the bytes each application sent over the connection, as
-// sk_msg counted them, and whether that direction was in the kernel; ok
-// is false once an entry is gone (its socket closed and the key reused,
-// or evicted).
-func (s *Shortcut) Sent() (fromClient, fromServer uint64, clientOn, serverOn bool, ok bool) {
+// sk_msg counted them, for each direction that was in the kernel at some
+// point (clientOn, serverOn); a direction whose entry is gone (evicted,
+// or never switched and closed) reports false.
+func (s *Shortcut) Sent() (fromClient, fromServer uint64, clientOn, serverOn bool) {
 	var c, v skmsgShortcut
-	m := s.d.maps["hms_shortcuts"]
-	if m.Lookup(s.client, &c) != nil || m.Lookup(s.server, &v) != nil {
-		return 0, 0, false, false, false
+	if s.shortcuts.Lookup(s.client, &c) == nil && c.Sent&shortcutEver != 0 {
+		fromClient, clientOn = c.Sent&shortcutBytes, true
 	}
-	return c.Sent &^ shortcutOn, v.Sent &^ shortcutOn, c.Sent&shortcutOn != 0, v.Sent&shortcutOn != 0, true
+	if s.shortcuts.Lookup(s.server, &v) == nil && v.Sent&shortcutEver != 0 {
+		fromServer, serverOn = v.Sent&shortcutBytes, true
+	}
+	return fromClient, fromServer, clientOn, serverOn
 }
 
 // Close forgets the connection's two entries.
 func (s *Shortcut) Close() error {
-	m := s.d.maps["hms_shortcuts"]
+	m := s.shortcuts
 	var errs []error
 	for _, k := range []skmsgSockkey{s.client, s.server} {
 		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {

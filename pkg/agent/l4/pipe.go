@@ -138,7 +138,7 @@ type Shortcut interface {
 // maxFlipTries bounds the tries per direction: one before the first read
 // and one after each write. A direction whose sender never pauses between
 // messages may never be caught up; it stays relayed.
-const maxFlipTries = 64
+const maxFlipTries = 1024
 
 // flipper tries a direction's Shortcut until it is on or no use.
 type flipper struct {

@@ -35,7 +35,7 @@ func main() {
 	want := fs.String("want", "", "loop: text every reply must contain")
 	interval := fs.Duration("interval", 10*time.Millisecond, "loop: pause between connections")
 	duration := fs.Duration("duration", 5*time.Second, "loop: how long to run")
-	pause := fs.Duration("pause", 0, "rr: pause after each round trip")
+	pause := fs.Duration("pause", 0, "rr: pause after each round trip; bulk: between its header and the data")
 	qps := fs.Float64("qps", 0, "hload: requests per second (0 = closed loop)")
 	conc := fs.Int("conc", 4, "hload: connections")
 	cert := fs.String("cert", "", "https: certificate PEM file")
@@ -127,7 +127,7 @@ func run(mode, addr, body, name, ip string, size, n int, bytes int64, dir string
 		}
 		defer c.Close()
 		start := time.Now()
-		sum, got, err := testapp.Bulk(c, dir, bytes)
+		sum, got, err := testapp.BulkAfter(c, dir, bytes, pause)
 		if err != nil {
 			return err
 		}
