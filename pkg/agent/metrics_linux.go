@@ -143,14 +143,14 @@ func (a *Agent) pipeTCPShortcut(client, up net.Conn, sc *datapath.Shortcut, labe
 				case <-stop:
 					return
 				case <-t.C:
-					addKernelCounts(sc, n)
+					raiseToKernelCounts(sc, n)
 				}
 			}
 		}()
 		l4.PipeShortcut(client, up, n, sc)
 		close(stop)
 		<-polled
-		addKernelCounts(sc, n)
+		raiseToKernelCounts(sc, n)
 		if err := sc.Close(); err != nil {
 			a.log.Debug("forget shortcut", "error", err)
 		}
@@ -163,10 +163,10 @@ func (a *Agent) pipeTCPShortcut(client, up net.Conn, sc *datapath.Shortcut, labe
 // shortcutPoll is how often a shortcut connection's kernel counts are read.
 const shortcutPoll = 5 * time.Second
 
-// addKernelCounts raises n to the kernel's count of each direction that
+// raiseToKernelCounts raises n to the kernel's count of each direction that
 // is in the kernel: that count covers everything the application sent,
 // relayed or not.
-func addKernelCounts(sc *datapath.Shortcut, n *l4.Counts) {
+func raiseToKernelCounts(sc *datapath.Shortcut, n *l4.Counts) {
 	fromClient, fromServer, clientOn, serverOn := sc.Sent()
 	if clientOn {
 		raise(&n.AToB, int64(fromClient))

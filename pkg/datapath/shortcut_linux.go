@@ -61,10 +61,10 @@ func (d *Datapath) Shortcut(clientNetns uint64, accepted net.Conn, serverNetns u
 		return nil
 	}
 	// The application's socket sees the agent's ends the other way round.
-	c, ok1 := appKey(clientNetns, accepted.RemoteAddr(), accepted.LocalAddr())
-	s, ok2 := appKey(serverNetns, dialled.RemoteAddr(), dialled.LocalAddr())
-	a1, ok3 := appKey(clientNetns, accepted.LocalAddr(), accepted.RemoteAddr())
-	a2, ok4 := appKey(serverNetns, dialled.LocalAddr(), dialled.RemoteAddr())
+	c, ok1 := sockKey(clientNetns, accepted.RemoteAddr(), accepted.LocalAddr())
+	s, ok2 := sockKey(serverNetns, dialled.RemoteAddr(), dialled.LocalAddr())
+	a1, ok3 := sockKey(clientNetns, accepted.LocalAddr(), accepted.RemoteAddr())
+	a2, ok4 := sockKey(serverNetns, dialled.LocalAddr(), dialled.RemoteAddr())
 	if !ok1 || !ok2 || !ok3 || !ok4 {
 		return nil
 	}
@@ -76,9 +76,9 @@ func (d *Datapath) Shortcut(clientNetns uint64, accepted net.Conn, serverNetns u
 	return &Shortcut{shortcuts: d.maps["hms_shortcuts"], flip: d.progs["hms_shortcut_flip"], client: c, server: s}
 }
 
-// appKey is the sockkey an application's socket has: its own address
-// local, the agent's remote.
-func appKey(netns uint64, local, remote net.Addr) (skmsgSockkey, bool) {
+// sockKey is the sockkey a socket has in the kernel's eyes (sockops,
+// sk_msg): netns cookie, its own address, its peer's.
+func sockKey(netns uint64, local, remote net.Addr) (skmsgSockkey, bool) {
 	l, ok1 := loopback4(local)
 	r, ok2 := loopback4(remote)
 	if !ok1 || !ok2 {
